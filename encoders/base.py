@@ -1,0 +1,72 @@
+"""The encoder contract shared by every modality.
+
+An encoder is a torch module with four members:
+
+- ``featurize(raw)``: one raw cell -> a CPU feature object; raises ``InputError`` on bad input;
+- ``collate(features)``: a list of features (``None`` where a row lacks the modality) -> a batch;
+- ``forward(batch)``: -> ``Tokens(x [B, T, out_dim], mask [B, T])``;
+- ``out_dim``: the width of its tokens.
+
+Encoders register themselves by type name with ``@register_encoder``, as timm registers models.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+ENCODERS: dict[str, type[torch.nn.Module]] = {}
+
+
+class ZooError(Exception):
+    """An error a user can fix; its message is one line that says what, where and why."""
+
+
+class InputError(ZooError, ValueError):
+    """One raw input that cannot be featurized; names the modality and the reason."""
+
+    def __init__(self, modality: str, why: str):
+        self.modality, self.why = modality, why
+        super().__init__(f"{modality}: {why}")
+
+
+@dataclass
+class Tokens:
+    """A padded set of tokens: ``x`` [B, T, D] and ``mask`` [B, T], True where a token is real."""
+
+    x: torch.Tensor
+    mask: torch.Tensor
+
+
+def register_encoder(name: str) -> Callable[[type], type]:
+    def add(cls: type) -> type:
+        if name in ENCODERS:
+            raise ValueError(f"encoder type {name!r} is registered twice")
+        ENCODERS[name] = cls
+        return cls
+
+    return add
+
+
+def encoder_params(name: str) -> dict[str, inspect.Parameter]:
+    """The configuration keys an encoder type accepts (its constructor's keyword arguments)."""
+    params = inspect.signature(ENCODERS[name]).parameters
+    return {k: p for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def build_encoder(name: str, **config) -> torch.nn.Module:
+    if name not in ENCODERS:
+        raise ZooError(f"unknown encoder type {name!r}; registered: {', '.join(sorted(ENCODERS))}")
+    return ENCODERS[name](**config)
+
+
+def pad_tokens(h: torch.Tensor, row: torch.Tensor, pos: torch.Tensor, batch_size: int) -> Tokens:
+    """Scatter flat per-item vectors ``h`` [N, D] of rows ``row`` at positions ``pos`` into padded tokens."""
+    length = int(pos.max()) + 1 if pos.numel() else 1
+    x = h.new_zeros(batch_size, length, h.shape[-1])
+    mask = torch.zeros(batch_size, length, dtype=torch.bool, device=h.device)
+    x[row, pos] = h
+    mask[row, pos] = True
+    return Tokens(x, mask)

@@ -1,0 +1,147 @@
+"""Molecules: RDKit SMILES -> atom and bond features -> directed message passing (D-MPNN) -> atom tokens.
+
+Features are small integer categories (element, degree, charge, ...). A sum of per-category embeddings is
+the same function as chemprop's linear layer over concatenated one-hots, without building the one-hots, so
+featurization is a few RDKit calls per atom and the features stay compact in memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from rdkit import Chem, RDLogger
+from torch import nn
+
+from encoders.base import InputError, Tokens, pad_tokens, register_encoder
+
+RDLogger.DisableLog("rdApp.*")  # parse failures are reported per row through InputError instead
+
+# (name, number of categories) of each atom feature; the last category of each is "other or more".
+ATOM_FEATURES = (
+    ("atomic_num", 101), ("degree", 7), ("formal_charge", 7), ("chirality", 8),
+    ("total_hs", 6), ("hybridization", 9), ("aromatic", 2), ("in_ring", 2),
+)
+BOND_FEATURES = (("bond_type", 5), ("conjugated", 2), ("in_ring", 2), ("stereo", 7))
+_BOND_TYPE = {1.0: 0, 2.0: 1, 3.0: 2, 1.5: 3}
+
+
+def _offsets(features) -> np.ndarray:
+    sizes = [n for _, n in features]
+    return np.cumsum([0] + sizes[:-1])
+
+
+ATOM_OFFSETS, BOND_OFFSETS = _offsets(ATOM_FEATURES), _offsets(BOND_FEATURES)
+ATOM_MAX = np.array([n - 1 for _, n in ATOM_FEATURES])
+BOND_MAX = np.array([n - 1 for _, n in BOND_FEATURES])
+
+
+@dataclass
+class MolGraph:
+    atoms: np.ndarray  # [n_atoms, len(ATOM_FEATURES)] int16 category indices, already offset
+    mass: np.ndarray   # [n_atoms] float32, atomic mass / 100
+    bonds: np.ndarray  # [n_bonds, len(BOND_FEATURES)] int16 category indices, already offset
+    pairs: np.ndarray  # [n_bonds, 2] int32 begin and end atom of each bond
+
+
+def parse_smiles(smiles) -> Chem.Mol:
+    if isinstance(smiles, Chem.Mol):
+        return smiles
+    if not isinstance(smiles, str):
+        raise InputError("molecule", f"expected a SMILES string, got {type(smiles).__name__}")
+    text = smiles.strip()
+    if not text:
+        raise InputError("molecule", "empty SMILES")
+    mol = Chem.MolFromSmiles(text, sanitize=False)
+    if mol is None:
+        raise InputError("molecule", f"cannot parse SMILES {text!r}")
+    try:
+        Chem.SanitizeMol(mol)
+    except Exception as err:  # RDKit raises several unrelated exception types here
+        raise InputError("molecule", f"invalid SMILES {text!r}: {err}") from None
+    if mol.GetNumAtoms() == 0:
+        raise InputError("molecule", f"SMILES {text!r} has no atoms")
+    return mol
+
+
+def featurize_mol(mol: Chem.Mol) -> MolGraph:
+    # One pass over atoms and one over bonds: RDKit's sequence wrappers cost more than the getters.
+    atom_rows = np.array(
+        [(a.GetAtomicNum(), a.GetDegree(), a.GetFormalCharge() + 3, int(a.GetChiralTag()), a.GetTotalNumHs(),
+          int(a.GetHybridization()), a.GetIsAromatic(), a.IsInRing(), a.GetMass()) for a in mol.GetAtoms()],
+        dtype=np.float64,
+    )
+    bond_rows = np.array(
+        [(_BOND_TYPE.get(b.GetBondTypeAsDouble(), 4), b.GetIsConjugated(), b.IsInRing(), int(b.GetStereo()),
+          b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in mol.GetBonds()],
+        dtype=np.int64,
+    ).reshape(-1, len(BOND_FEATURES) + 2)
+    atoms = np.clip(atom_rows[:, :-1].astype(np.int64), 0, ATOM_MAX) + ATOM_OFFSETS
+    bonds = np.clip(bond_rows[:, :-2], 0, BOND_MAX) + BOND_OFFSETS
+    return MolGraph(
+        atoms=atoms.astype(np.int16),
+        mass=(atom_rows[:, -1] / 100.0).astype(np.float32),
+        bonds=bonds.astype(np.int16),
+        pairs=bond_rows[:, -2:].astype(np.int32),
+    )
+
+
+@register_encoder("molecule-dmpnn")
+class MoleculeDMPNN(nn.Module):
+    """Directed message passing over bonds (Yang et al. 2019, chemprop), one token per heavy atom."""
+
+    def __init__(self, *, hidden: int = 300, depth: int = 3, dropout: float = 0.0):
+        super().__init__()
+        self.depth, self.out_dim = depth, hidden
+        n_atom_cats = sum(n for _, n in ATOM_FEATURES)
+        n_bond_cats = sum(n for _, n in BOND_FEATURES)
+        self.atom_in = nn.Embedding(n_atom_cats, hidden)
+        self.bond_in = nn.Embedding(n_bond_cats, hidden)
+        self.mass_in = nn.Linear(1, hidden)
+        self.message = nn.Linear(hidden, hidden, bias=False)
+        self.atom_out = nn.Embedding(n_atom_cats, hidden)
+        self.mass_out = nn.Linear(1, hidden)
+        self.update_out = nn.Linear(hidden, hidden, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    @staticmethod
+    def featurize(raw) -> MolGraph:
+        return featurize_mol(parse_smiles(raw))
+
+    @staticmethod
+    def collate(graphs: list[MolGraph | None]) -> dict:
+        present = [(i, g) for i, g in enumerate(graphs) if g is not None]
+        sizes = np.array([len(g.atoms) for _, g in present], dtype=np.int64)
+        starts = np.cumsum(sizes) - sizes
+        n_features = len(ATOM_FEATURES)
+        atoms = np.concatenate([g.atoms for _, g in present]) if present else np.zeros((0, n_features))
+        mass = np.concatenate([g.mass for _, g in present]) if present else np.zeros(0)
+        bonds = [g.bonds for _, g in present]
+        pairs = [g.pairs + s for (_, g), s in zip(present, starts)]
+        bonds = np.concatenate(bonds) if bonds else np.zeros((0, len(BOND_FEATURES)))
+        pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2))
+        # Directed edge 2k runs begin->end of bond k and 2k+1 runs back, so an edge's reverse is index ^ 1.
+        src = np.stack([pairs[:, 0], pairs[:, 1]], 1).reshape(-1)
+        dst = np.stack([pairs[:, 1], pairs[:, 0]], 1).reshape(-1)
+        return {
+            "atoms": torch.as_tensor(atoms, dtype=torch.long),
+            "mass": torch.as_tensor(mass, dtype=torch.float32).unsqueeze(-1),
+            "bonds": torch.as_tensor(np.repeat(bonds, 2, axis=0), dtype=torch.long),
+            "src": torch.as_tensor(src, dtype=torch.long),
+            "dst": torch.as_tensor(dst, dtype=torch.long),
+            "row": torch.as_tensor(np.repeat([i for i, _ in present], sizes), dtype=torch.long),
+            "pos": torch.as_tensor(np.arange(sizes.sum()) - np.repeat(starts, sizes), dtype=torch.long),
+            "size": len(graphs),
+        }
+
+    def forward(self, batch: dict) -> Tokens:
+        atoms, mass, src, dst = batch["atoms"], batch["mass"], batch["src"], batch["dst"]
+        h0 = self.atom_in(atoms).sum(1)[src] + self.mass_in(mass)[src] + self.bond_in(batch["bonds"]).sum(1)
+        h = torch.relu(h0)
+        reverse = torch.arange(len(src), device=src.device) ^ 1
+        for _ in range(self.depth - 1):
+            incoming = torch.zeros(len(atoms), h.shape[1], dtype=h.dtype, device=h.device).index_add_(0, dst, h)
+            h = self.dropout(torch.relu(h0 + self.message(incoming[src] - h[reverse])))
+        incoming = torch.zeros(len(atoms), h.shape[1], dtype=h.dtype, device=h.device).index_add_(0, dst, h)
+        out = torch.relu(self.atom_out(atoms).sum(1) + self.mass_out(mass) + self.update_out(incoming))
+        return pad_tokens(self.dropout(out), batch["row"], batch["pos"], batch["size"])

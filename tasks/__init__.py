@@ -1,0 +1,6 @@
+"""Task families: heads with masked losses, metrics and splits."""
+from tasks.heads import HEADS, MultiLabelHead, RegressionHead
+from tasks.metrics import METRICS, score
+from tasks.splits import SPLITS, random_split, scaffold_split
+
+__all__ = ["HEADS", "METRICS", "SPLITS", "MultiLabelHead", "RegressionHead", "random_split", "scaffold_split", "score"]

@@ -1,0 +1,49 @@
+"""Train/validation/test splits, reproducible from a seed."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+from rdkit import Chem
+from rdkit.Chem.Scaffolds import MurckoScaffold
+
+
+def random_split(keys: list, fractions: tuple[float, float, float], seed: int) -> tuple[np.ndarray, ...]:
+    n = len(keys)
+    order = np.random.default_rng(seed).permutation(n)
+    n_train, n_val = int(round(fractions[0] * n)), int(round(fractions[1] * n))
+    return order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
+
+
+def scaffold_split(smiles: list[str], fractions: tuple[float, float, float], seed: int) -> tuple[np.ndarray, ...]:
+    """Bemis-Murcko scaffold split, balanced as in chemprop: no scaffold is in two sets.
+
+    Scaffold sets too big for half the validation or test set go to training first; the rest are shuffled.
+    Molecules that do not parse share one scaffold (the empty one).
+    """
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(smiles):
+        mol = Chem.MolFromSmiles(s) if isinstance(s, str) else None
+        groups[MurckoScaffold.MurckoScaffoldSmiles(mol=mol, includeChirality=False) if mol else ""].append(i)
+    n = len(smiles)
+    n_train, n_val = fractions[0] * n, fractions[1] * n
+    n_test = n - n_train - n_val
+    sets = list(groups.values())
+    big = [s for s in sets if len(s) > n_val / 2 or len(s) > n_test / 2]
+    small = [s for s in sets if not (len(s) > n_val / 2 or len(s) > n_test / 2)]
+    rng = np.random.default_rng(seed)
+    rng.shuffle(big)
+    rng.shuffle(small)
+    train, val, test = [], [], []
+    for group in big + small:
+        if len(train) + len(group) <= n_train:
+            train += group
+        elif len(val) + len(group) <= n_val:
+            val += group
+        else:
+            test += group
+    return np.array(train, dtype=int), np.array(val, dtype=int), np.array(test, dtype=int)
+
+
+# Each takes the split key of every row (SMILES for scaffolds), the three fractions and a seed.
+SPLITS = {"random": random_split, "scaffold": scaffold_split}

@@ -1,0 +1,165 @@
+"""Trained-model folders: config.yaml, model.safetensors, metrics.json, card.md.
+
+Weights are safetensors only (loading a stranger's checkpoint must never run code), every file is written
+to a temporary name and renamed into place, and config.yaml is written last and records the weights' sha256,
+so a folder is either a complete artifact or refused on load.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from encoders import ZooError
+from zoo.model import ZooModel
+from zoo.registry import Registry, TaskSpec, load_registry, validate_task
+
+BUNDLED = Path(__file__).resolve().parent / "weights"
+FILES = ("config.yaml", "model.safetensors", "metrics.json", "card.md")
+
+
+def zoo_home() -> Path:
+    return Path(os.environ.get("ZOO_HOME", Path.home() / ".cache" / "scizoo"))
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename the finished file onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for package in ("scizoo", "torch", "rdkit", "numpy"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def save(model: ZooModel, out: Path, metrics: dict, data_sha256: str | None = None) -> Path:
+    out = Path(out)
+    weights = out / "model.safetensors"
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(out / "card.md", model_card(model.spec, metrics))
+    config = {
+        "task": model.spec.model_dump(mode="json"),
+        "versions": versions(),
+        "data_sha256": data_sha256,
+        "weights_sha256": sha256_file(weights),
+    }
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    return out
+
+
+def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu") -> ZooModel:
+    path = Path(path)
+    config_path = path / "config.yaml"
+    if not config_path.is_file():
+        raise ZooError(f"{path}: not a SciZoo model folder (no config.yaml)")
+    config = yaml.safe_load(config_path.read_text())
+    spec = validate_task(config["task"])
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise ZooError(f"{path}: model.safetensors is missing")
+    if config.get("weights_sha256") and sha256_file(weights) != config["weights_sha256"]:
+        raise ZooError(f"{weights}: sha256 does not match config.yaml (truncated or modified file)")
+    model = ZooModel(spec)
+    state = load_file(str(weights))
+    expected = model.state_dict()
+    for key in sorted(set(expected) | set(state)):
+        if key not in state or key not in expected:
+            raise ZooError(f"{weights}: tensor {key!r} is {'missing' if key not in state else 'unexpected'}")
+        if state[key].shape != expected[key].shape:
+            raise ZooError(f"{weights}: tensor {key!r} has shape {tuple(state[key].shape)}, "
+                           f"the model expects {tuple(expected[key].shape)}")
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+def resolve_weights(spec: TaskSpec) -> Path:
+    """Where a registry task's weights are: explicit folder > local store > bundled > hf:// (when online)."""
+    if spec.weights not in ("bundled",) and not spec.weights.startswith("hf://"):
+        return Path(spec.weights).expanduser()
+    for candidate in (zoo_home() / spec.name, BUNDLED / spec.name):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    if spec.weights.startswith("hf://"):
+        return download(spec.weights, zoo_home() / spec.name)
+    raise ZooError(f"task {spec.name!r} has no trained weights here; train them with "
+                   f"`zoo train {spec.name} --out {zoo_home() / spec.name}`")
+
+
+def download(url: str, into: Path) -> Path:
+    """Fetch an artifact folder from the Hugging Face Hub into the local store (refused when offline)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise ZooError(f"{url}: not in the local store {into} and HF_HUB_OFFLINE is set")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ZooError(f"{url}: downloading needs huggingface_hub (pip install huggingface_hub)") from None
+    snapshot_download(url.removeprefix("hf://"), local_dir=into, allow_patterns=list(FILES))
+    return into
+
+
+def load(name_or_path: str | os.PathLike, registry: Registry | None = None, device: str = "cpu") -> ZooModel:
+    """A trained model from a folder, or from a registry task name (weights resolved as above)."""
+    if Path(name_or_path).is_dir():
+        return load_artifact(name_or_path, device)
+    registry = registry or load_registry()
+    return load_artifact(resolve_weights(registry.task(str(name_or_path))), device)
+
+
+def model_card(spec: TaskSpec, metrics: dict) -> str:
+    refs = "\n".join(
+        f"| {name} | {r.value}{f' ± {r.std}' if r.std is not None else ''} | {r.source} |"
+        for name, r in spec.references.items()
+    )
+    test = metrics.get("test", {}).get(spec.metric)
+    test_text = f"{test:.4f}" if isinstance(test, float) else "not measured"
+    inputs = ", ".join(f"{n} ({i.column} -> {i.encoder}, {i.transfer})" for n, i in spec.inputs.items())
+    return f"""# {spec.name}
+
+{spec.description}
+
+- Inputs: {inputs}
+- Fusion: {spec.fusion.type}; head: {spec.head.type} -> {', '.join(spec.head.targets)} ({spec.head.unit or 'no unit'})
+- Data: {spec.data.dataset}/{spec.data.file} (sha256 {spec.data.sha256 or 'not recorded'})
+- Split: {spec.data.split} {list(spec.data.fractions)}, seed {spec.train.seed}
+- Test {spec.metric}: {test_text}
+
+| reference | {spec.metric} | source |
+|---|---|---|
+{refs}
+"""

@@ -1,0 +1,226 @@
+"""registry.yaml: typed task specs, validated on load.
+
+A task names its inputs (table column + encoder), a fusion, a head, its data and protocol. Encoders, fusions
+and heads are ``{type: ..., **params}`` components whose params are checked against the constructor of the
+registered type, so a typo in any key fails on load with the task, the key and why.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model, field_validator
+
+from encoders import ENCODERS, ZooError
+from fusion import FUSIONS
+from tasks import HEADS, METRICS, SPLITS
+
+BUILTIN_REGISTRY = Path(__file__).resolve().parent.parent / "registry.yaml"
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Component(BaseModel):
+    """``{type: name, **params}``; params are checked against the registered class (see ``_check_params``)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+    @property
+    def params(self) -> dict:
+        return dict(self.model_extra or {})
+
+
+class InputSpec(Spec):
+    column: str
+    encoder: str
+    transfer: Literal["train", "frozen"] = "train"
+
+
+class HeadSpec(Component):
+    targets: dict[str, str]  # output name -> table column
+    unit: str | None = None
+
+
+class DataSpec(Spec):
+    dataset: str                 # folder name under ZOO_DATA
+    file: str                    # file inside that folder
+    source: str | None = None    # canonical public address
+    sha256: str | None = None
+    split: str = "random"
+    split_key: str | None = None  # column a split groups by (scaffold: SMILES); default: the first input's
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seeds: list[int] = [0]
+
+    @field_validator("split")
+    @classmethod
+    def _known_split(cls, v: str) -> str:
+        if v not in SPLITS:
+            raise ValueError(f"unknown split {v!r}; known: {', '.join(SPLITS)}")
+        return v
+
+
+class TrainSpec(Spec):
+    epochs: int = 50
+    batch_size: int = 50
+    lr: float = 1e-3
+    final_lr_ratio: float = 0.1  # cosine decay ends at lr * this
+    weight_decay: float = 0.0
+    warmup_epochs: float = 2.0
+    patience: int = 20           # epochs without a better validation metric before stopping
+    grad_clip: float = 5.0
+    seed: int = 0
+
+
+class Reference(Spec):
+    value: float
+    std: float | None = None
+    source: str
+
+
+class TaskSpec(Spec):
+    name: str
+    description: str
+    inputs: dict[str, InputSpec]
+    encoders: dict[str, Component]  # the encoders this task's inputs use, copied in so a spec stands alone
+    fusion: Component
+    head: HeadSpec
+    data: DataSpec
+    train: TrainSpec = TrainSpec()
+    metric: str
+    weights: str = "bundled"        # "bundled", a folder, or hf://org/repo
+    references: dict[str, Reference] = {}
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        if v not in METRICS:
+            raise ValueError(f"unknown metric {v!r}; known: {', '.join(METRICS)}")
+        return v
+
+
+def _check_params(where: str, kind: str, registry: dict, spec: Component, skip: tuple[str, ...] = ()) -> None:
+    """Validate a component's params against the keyword-only arguments of its registered class."""
+    if spec.type not in registry:
+        raise ZooError(f"{where}: unknown {kind} type {spec.type!r}; known: {', '.join(sorted(registry))}")
+    cls = registry[spec.type]
+    hints = typing.get_type_hints(cls.__init__)
+    fields = {
+        name: (hints.get(name, typing.Any), p.default)
+        for name, p in inspect.signature(cls).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in skip
+    }
+    model = create_model(f"{spec.type}-params", __config__=ConfigDict(extra="forbid"), **fields)
+    try:
+        model.model_validate(spec.params)
+    except ValidationError as err:
+        raise ZooError(f"{where}: {_describe(err)}") from None
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    why = {"extra_forbidden": "unknown key", "missing": "missing required key"}.get(first["type"], first["msg"])
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"key {key!r}: {why}{more}"
+
+
+def _set(entry: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    node = entry
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ZooError(f"--set {dotted}: {part!r} is not a mapping")
+    node[leaf] = value
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, object]:
+    """``["train.epochs=5", ...]`` -> ``{"train.epochs": 5}``; values are read as YAML scalars or lists."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ZooError(f"--set {pair!r}: expected key=value, e.g. train.epochs=5")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+@dataclass
+class Registry:
+    encoders: dict[str, dict]
+    tasks: dict[str, dict]
+    sources: list[Path]
+
+    def names(self) -> list[str]:
+        return sorted(self.tasks)
+
+    def task(self, name: str, overrides: dict[str, object] | None = None) -> TaskSpec:
+        if name not in self.tasks:
+            raise ZooError(f"unknown task {name!r}; known: {', '.join(self.names()) or 'none'}")
+        entry = copy.deepcopy(self.tasks[name])
+        if not isinstance(entry, dict):
+            raise ZooError(f"task {name!r}: expected a mapping of keys, got {type(entry).__name__}")
+        entry["name"] = name
+        for i_name, spec in (entry.get("inputs") or {}).items():
+            encoder = spec.get("encoder") if isinstance(spec, dict) else None
+            if encoder not in self.encoders:
+                raise ZooError(f"task {name!r}: key 'inputs.{i_name}.encoder': unknown encoder {encoder!r}; "
+                               f"known: {', '.join(sorted(self.encoders))}")
+            entry.setdefault("encoders", {})[encoder] = copy.deepcopy(self.encoders[encoder])
+        for key, value in (overrides or {}).items():
+            _set(entry, key, value)
+        return validate_task(entry)
+
+
+def validate_task(entry: dict) -> TaskSpec:
+    """A fully resolved entry (as saved in an artifact's config.yaml) -> TaskSpec, or a ZooError."""
+    where = f"task {entry.get('name', '?')!r}"
+    try:
+        spec = TaskSpec.model_validate(entry)
+    except ValidationError as err:
+        raise ZooError(f"{where}: {_describe(err)}") from None
+    for name, enc in spec.encoders.items():
+        _check_params(f"{where}: encoder {name!r}", "encoder", ENCODERS, enc)
+    _check_params(f"{where}: key 'fusion'", "fusion", FUSIONS, spec.fusion)
+    _check_params(f"{where}: key 'head'", "head", HEADS, spec.head, skip=("targets",))
+    if not spec.inputs:
+        raise ZooError(f"{where}: key 'inputs': a task needs at least one input")
+    return spec
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ZooError(f"registry {path}: no such file") from None
+    except yaml.YAMLError as err:
+        raise ZooError(f"registry {path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict) or set(data) - {"encoders", "tasks"}:
+        raise ZooError(f"registry {path}: expected a mapping with 'encoders' and/or 'tasks'")
+    return data
+
+
+def load_registry(user: str | os.PathLike | None = None) -> Registry:
+    """The built-in registry, extended (and overridden, name by name) by a user's registry file.
+
+    Every task is validated here, so a malformed entry fails at once rather than when it is first used.
+    """
+    sources = [BUILTIN_REGISTRY] + ([Path(user)] if user else [])
+    encoders, tasks = {}, {}
+    for path in sources:
+        data = _read_yaml(path)
+        encoders.update(data.get("encoders") or {})
+        tasks.update(data.get("tasks") or {})
+    registry = Registry(encoders, tasks, sources)
+    for name in registry.names():
+        registry.task(name)
+    return registry

@@ -1,0 +1,91 @@
+"""Reading and writing user tables (CSV, Parquet, JSON Lines) in chunks through pyarrow.
+
+CSV cells are read as text, so a column's type never depends on which chunk came first, and input columns
+go back out exactly as they came in.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+
+from encoders import ZooError
+
+FORMATS = (".csv", ".parquet", ".jsonl")
+
+
+def table_format(path: Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise ZooError(f"{path}: unsupported table format {suffix or '(none)'!r}; use {', '.join(FORMATS)}")
+    return suffix
+
+
+def iter_table(path: str | Path, chunk_rows: int = 4096) -> Iterator[pa.RecordBatch]:
+    """Record batches of at most about ``chunk_rows`` rows; a clear ZooError if the file can't be read."""
+    path = Path(path)
+    kind = table_format(path)
+    if not path.is_file():
+        raise ZooError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ZooError(f"{path}: the file is empty")
+    try:
+        if kind == ".parquet":
+            yield from pq.ParquetFile(path).iter_batches(batch_size=chunk_rows)
+        elif kind == ".jsonl":
+            yield from pa_json.open_json(path, read_options=pa_json.ReadOptions(block_size=1 << 20))
+        else:
+            with open(path, newline="", encoding="utf-8", errors="replace") as f:
+                header = next(csv.reader(f), [])
+            if not any(h.strip() for h in header):
+                raise ZooError(f"{path}: the file has no header row")
+            reader = pa_csv.open_csv(
+                path,
+                read_options=pa_csv.ReadOptions(block_size=1 << 20),
+                convert_options=pa_csv.ConvertOptions(column_types={h: pa.string() for h in header}),
+            )
+            yield from reader
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as err:
+        raise ZooError(f"{path}: cannot read as {kind[1:]} ({str(err).splitlines()[0]})") from None
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    return [row for batch in iter_table(path) for row in batch.to_pylist()]
+
+
+class TableWriter:
+    """Streams record batches to CSV, Parquet or JSON Lines; ``None`` as the path writes CSV to stdout."""
+
+    def __init__(self, path: Path | None, schema: pa.Schema):
+        self.kind = table_format(path) if path else ".csv"
+        self.sink = open(path, "wb") if path else sys.stdout.buffer
+        if self.kind == ".parquet":
+            self.writer = pq.ParquetWriter(self.sink, schema)
+        elif self.kind == ".csv":
+            self.writer = pa_csv.CSVWriter(self.sink, schema)
+        else:
+            self.writer = None
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if self.writer is None:
+            text = io.StringIO()
+            for row in batch.to_pylist():
+                text.write(json.dumps(row, default=str) + "\n")
+            self.sink.write(text.getvalue().encode())
+        else:
+            self.writer.write_batch(batch)
+        self.sink.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.sink is not sys.stdout.buffer:
+            self.sink.close()
