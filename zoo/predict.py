@@ -56,7 +56,7 @@ def predict_table(model: ZooModel, path: str | Path, output: str | Path | None =
 
     def run(out: Path | None) -> None:
         writer = None
-        bar = tqdm(desc=f"predict {model.spec.name}", unit="row", disable=not progress)
+        bar = tqdm(desc=f"predict {model.spec.name}", unit="row", disable=None if progress else True)
         for batch in itertools.chain([first], batches):
             results = model.predict(batch.to_pylist(), batch_size=batch_size)
             for offset, r in enumerate(results):

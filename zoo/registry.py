@@ -107,10 +107,10 @@ class TaskSpec(Spec):
         return v
 
 
-def _check_params(where: str, kind: str, registry: dict, spec: Component, skip: tuple[str, ...] = ()) -> None:
+def _check_params(where: str, key: str, registry: dict, spec: Component, skip: tuple[str, ...] = ()) -> None:
     """Validate a component's params against the keyword-only arguments of its registered class."""
     if spec.type not in registry:
-        raise ZooError(f"{where}: unknown {kind} type {spec.type!r}; known: {', '.join(sorted(registry))}")
+        raise ZooError(f"{where}: key '{key}.type': unknown type {spec.type!r}; known: {', '.join(sorted(registry))}")
     cls = registry[spec.type]
     hints = typing.get_type_hints(cls.__init__)
     fields = {
@@ -122,12 +122,12 @@ def _check_params(where: str, kind: str, registry: dict, spec: Component, skip: 
     try:
         model.model_validate(spec.params)
     except ValidationError as err:
-        raise ZooError(f"{where}: {_describe(err)}") from None
+        raise ZooError(f"{where}: {_describe(err, key)}") from None
 
 
-def _describe(err: ValidationError) -> str:
+def _describe(err: ValidationError, prefix: str = "") -> str:
     first = err.errors()[0]
-    key = ".".join(str(part) for part in first["loc"])
+    key = ".".join(str(part) for part in ((prefix,) if prefix else ()) + tuple(first["loc"]))
     why = {"extra_forbidden": "unknown key", "missing": "missing required key"}.get(first["type"], first["msg"])
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
     return f"key {key!r}: {why}{more}"
@@ -189,9 +189,9 @@ def validate_task(entry: dict) -> TaskSpec:
     except ValidationError as err:
         raise ZooError(f"{where}: {_describe(err)}") from None
     for name, enc in spec.encoders.items():
-        _check_params(f"{where}: encoder {name!r}", "encoder", ENCODERS, enc)
-    _check_params(f"{where}: key 'fusion'", "fusion", FUSIONS, spec.fusion)
-    _check_params(f"{where}: key 'head'", "head", HEADS, spec.head, skip=("targets",))
+        _check_params(where, f"encoders.{name}", ENCODERS, enc)
+    _check_params(where, "fusion", FUSIONS, spec.fusion)
+    _check_params(where, "head", HEADS, spec.head, skip=("targets",))
     if not spec.inputs:
         raise ZooError(f"{where}: key 'inputs': a task needs at least one input")
     return spec

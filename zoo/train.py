@@ -48,7 +48,7 @@ def prepare(model: ZooModel, rows: list[dict], progress: bool = True) -> Prepare
     key_column = spec.data.split_key or next(iter(spec.inputs.values())).column
     targets = model.targets(rows)
     features, kept, skipped = [], [], []
-    for i, row in enumerate(tqdm(rows, desc="featurize", unit="row", disable=not progress, leave=False)):
+    for i, row in enumerate(tqdm(rows, desc="featurize", unit="row", disable=None if progress else True, leave=False)):
         if np.isnan(targets[i]).all():
             skipped.append((i, f"no target in {', '.join(repr(c) for c in spec.head.targets.values())}"))
             continue
@@ -125,7 +125,8 @@ class Trainer:
         if log:
             log.parent.mkdir(parents=True, exist_ok=True)
             log.write_text("")
-        bar = tqdm(range(cfg.epochs), desc=f"train {spec.name}", unit="epoch", disable=not self.progress)
+        bar = tqdm(range(cfg.epochs), desc=f"train {spec.name}", unit="epoch",
+                   disable=None if self.progress else True)
         for epoch in bar:
             model.train()
             losses = []

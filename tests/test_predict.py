@@ -1,0 +1,121 @@
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import zoo
+from zoo.cli import main
+from tests.conftest import ROOT, TEXTBOOK, TINY
+
+GOOD = ["CCO", "c1ccccc1", "CC(=O)Nc1ccc(O)cc1"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("model")
+    rows = [{"smiles": s, "measured log solubility in mols per litre": float(len(s))} for s in TEXTBOOK]
+    zoo.train("molecule-solubility", rows, out=out, progress=False, overrides={**TINY, "train.epochs": 1})
+    return out
+
+
+def _mixed_rows():
+    return [{"id": "1", "smiles": "CCO"}, {"id": "2", "smiles": "C1CC"}, {"id": "3", "smiles": ""},
+            {"id": "4", "smiles": "c1ccccc1"}, {"id": "5", "smiles": "CC(C)(C)(C)C"},
+            {"id": "6", "smiles": "CC(=O)Nc1ccc(O)cc1"}]
+
+
+def _write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _check_mixed(out_rows):
+    assert [r["id"] for r in out_rows] == ["1", "2", "3", "4", "5", "6"]
+    for r in out_rows:
+        good = r["id"] in ("1", "4", "6")
+        assert (r["error"] in (None, "")) == good
+        if good:
+            assert math.isfinite(float(r["logS"]))
+        else:
+            assert r["logS"] in (None, "")
+    errors = {r["id"]: r["error"] for r in out_rows}
+    assert "cannot parse SMILES 'C1CC'" in errors["2"]
+    assert "no usable input: empty 'smiles'" in errors["3"]
+    assert "valence" in errors["5"]
+
+
+def test_predict_csv_keeps_good_rows_and_reports_bad_ones(model_dir, tmp_path, capsys):
+    src = _write_csv(tmp_path / "in.csv", _mixed_rows())
+    assert main(["predict", str(model_dir), "--input", str(src), "--output", str(tmp_path / "out.csv"),
+                 "--chunk-rows", "2"]) == 0
+    with open(tmp_path / "out.csv") as f:
+        _check_mixed(list(csv.DictReader(f)))
+    assert "predicted 3 of 6 rows; 3 failed" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out.csv"]  # no temporary file left
+
+
+def test_predict_parquet_and_jsonl(model_dir, tmp_path):
+    pq.write_table(pa.Table.from_pylist(_mixed_rows()), tmp_path / "in.parquet")
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _mixed_rows()))
+    assert main(["predict", str(model_dir), "--input", str(tmp_path / "in.parquet"),
+                 "--output", str(tmp_path / "out.parquet")]) == 0
+    _check_mixed(pq.read_table(tmp_path / "out.parquet").to_pylist())
+    assert main(["predict", str(model_dir), "--input", str(tmp_path / "in.jsonl"),
+                 "--output", str(tmp_path / "out.jsonl")]) == 0
+    _check_mixed([json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()])
+
+
+def test_a_target_named_like_an_input_column_does_not_overwrite_it(model_dir, tmp_path, capsys):
+    src = _write_csv(tmp_path / "in.csv", [{"smiles": "CCO", "logS": "-0.77"}])
+    assert main(["predict", str(model_dir), "--input", str(src)]) == 0
+    [row] = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert row["logS"] == "-0.77" and math.isfinite(float(row["logS_predicted"]))
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("", "the file is empty"),
+    ("name,formula\nwater,H2O\n", "no column 'smiles' needed by task 'molecule-solubility'"),
+    ("smiles\n", "the table has no rows"),
+])
+def test_unreadable_inputs_fail_with_one_line(model_dir, tmp_path, capsys, content, expected):
+    (tmp_path / "in.csv").write_text(content)
+    assert main(["predict", str(model_dir), "--input", str(tmp_path / "in.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and "\n" not in err and not (tmp_path / "out.csv").exists()
+
+
+def test_every_row_failing_exits_non_zero(model_dir, tmp_path, capsys):
+    src = _write_csv(tmp_path / "in.csv", [{"smiles": "xx"}, {"smiles": "C1CC"}])
+    assert main(["predict", str(model_dir), "--input", str(src)]) == 1
+    assert "predicted 0 of 2 rows; 2 failed" in capsys.readouterr().err
+
+
+def test_unknown_task_and_missing_file(model_dir, capsys, tmp_path):
+    assert main(["predict", "no-such-task", "--input", str(tmp_path / "x.csv")]) == 2
+    assert "unknown task 'no-such-task'" in capsys.readouterr().err
+    assert main(["predict", str(model_dir), "--input", str(tmp_path / "x.csv")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_readme_main_job_uses_bundled_weights_offline(tmp_path):
+    """README command (a): the bundled model predicts examples/molecules.csv with no network, no shared data."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ZOO_HOME": str(tmp_path / "empty-store")}
+    env.pop("ZOO_DATA", None)
+    done = subprocess.run([sys.executable, "-m", "zoo", "predict", "molecule-solubility",
+                           "--input", str(ROOT / "examples" / "molecules.csv")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(done.stdout.splitlines()))
+    assert len(rows) == 13 and all(math.isfinite(float(r["logS"])) for r in rows)
+    by_name = {r["name"]: float(r["logS"]) for r in rows}
+    # Chemistry a model trained on ESOL must get right: ethanol dissolves, hexachlorobenzene does not.
+    assert by_name["ethanol"] > by_name["naphthalene"] > by_name["hexachlorobenzene"]

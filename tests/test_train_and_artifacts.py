@@ -1,0 +1,77 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+import zoo
+from encoders import ZooError
+from zoo.cli import main
+from zoo.tables import read_rows
+from tests.conftest import TINY
+
+
+def test_loss_falls_on_a_small_real_subset(esol_csv, tmp_path):
+    rows = read_rows(esol_csv)[:200]
+    zoo.train("molecule-solubility", rows, out=tmp_path / "m", progress=False,
+              overrides={**TINY, "train.epochs": 8, "train.patience": 100})
+    history = [json.loads(line) for line in (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 8
+    assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
+
+
+def test_cli_train_writes_an_artifact_that_loads_and_predicts(textbook_csv, tmp_path, capsys):
+    out = tmp_path / "model"
+    sets = [f"--set={k}={v}" for k, v in TINY.items()]
+    assert main(["train", "molecule-solubility", "--data", str(textbook_csv), "--out", str(out),
+                 "--set", "train.epochs=2", *sets]) == 0
+    assert {p.name for p in out.iterdir()} >= {"config.yaml", "model.safetensors", "metrics.json", "card.md",
+                                               "metrics.jsonl"}
+    assert not list(out.glob(".*tmp*"))
+    [pred] = zoo.load(out).predict([{"smiles": "CCO"}])
+    assert math.isfinite(pred["logS"])
+    assert "molecule-solubility" in capsys.readouterr().out
+
+
+def test_save_load_round_trip_gives_identical_predictions(textbook_rows, tmp_path):
+    model, metrics = zoo.train("molecule-solubility", textbook_rows, out=tmp_path / "m", progress=False,
+                               overrides={**TINY, "train.epochs": 3})
+    rows = [{"smiles": s} for s in ("CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1")]
+    before = model.predict(rows)
+    after = zoo.load(tmp_path / "m").predict(rows)
+    assert before == after
+    saved = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert saved["test"]["rmse"] == pytest.approx(metrics["test"]["rmse"])
+
+
+def test_predictions_are_finite_and_depend_on_the_molecule(textbook_rows):
+    model, _ = zoo.train("molecule-solubility", textbook_rows, progress=False, overrides={**TINY, "train.epochs": 5})
+    preds = [p["logS"] for p in model.predict([{"smiles": s} for s in ("CCCCCCCC", "OCC(O)CO")])]
+    assert np.isfinite(preds).all() and preds[0] != preds[1]
+
+
+def test_training_skips_bad_rows_and_says_which(textbook_rows, capsys):
+    rows = textbook_rows + [{"smiles": "not-a-smiles", "measured log solubility in mols per litre": 1.0},
+                            {"smiles": "CCO", "measured log solubility in mols per litre": None}]
+    _, metrics = zoo.train("molecule-solubility", rows, progress=False, overrides={**TINY, "train.epochs": 1})
+    assert metrics["skipped_rows"] == 2
+    err = capsys.readouterr().err
+    assert "skipped 2 of 42 rows" in err and "row 40: molecule: column 'smiles': cannot parse" in err
+
+
+def test_training_with_no_usable_row_is_a_clear_error():
+    with pytest.raises(ZooError, match="no usable training rows"):
+        zoo.train("molecule-solubility", [{"smiles": "xx", "measured log solubility in mols per litre": 1.0}],
+                  progress=False)
+
+
+def test_tampered_or_incomplete_artifacts_are_refused(textbook_rows, tmp_path):
+    zoo.train("molecule-solubility", textbook_rows, out=tmp_path / "m", progress=False,
+              overrides={**TINY, "train.epochs": 1})
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(ZooError, match="sha256 does not match"):
+        zoo.load(tmp_path / "m")
+    (tmp_path / "m" / "config.yaml").unlink()
+    with pytest.raises(ZooError, match="not a SciZoo model folder"):
+        zoo.load(tmp_path / "m")
