@@ -11,7 +11,6 @@ Encoders register themselves by type name with ``@register_encoder``, as timm re
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -48,12 +47,6 @@ def register_encoder(name: str) -> Callable[[type], type]:
         return cls
 
     return add
-
-
-def encoder_params(name: str) -> dict[str, inspect.Parameter]:
-    """The configuration keys an encoder type accepts (its constructor's keyword arguments)."""
-    params = inspect.signature(ENCODERS[name]).parameters
-    return {k: p for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def build_encoder(name: str, **config) -> torch.nn.Module:

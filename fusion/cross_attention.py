@@ -49,7 +49,10 @@ class CrossAttentionFusion(nn.Module):
         kv_mask = torch.cat([t.mask for t in inputs.values()], 1)
         if not kv_mask.any(1).all():
             raise ValueError("a row reached the fusion with no modality present; reject it before the model")
-        z = repeat(self.latents, "l d -> b l d", b=kv.shape[0])
+        # Latents start from the masked mean of the tokens, so attention refines mean pooling rather than
+        # having to rediscover it (on ESOL alone, plain learned latents lost 0.1 RMSE to mean pooling).
+        mean = (kv * kv_mask.unsqueeze(-1)).sum(1) / kv_mask.sum(1, keepdim=True)
+        z = repeat(self.latents, "l d -> b l d", b=kv.shape[0]) + mean.unsqueeze(1)
         for cross, self_attn in zip(self.cross, self.self_attn):
             z = cross(z, kv, kv_mask)
             z = self_attn(z, z)

@@ -25,7 +25,6 @@ TEXTBOOK = [
 TINY = {
     "encoders.molecule-dmpnn.hidden": 32,
     "fusion.dim": 32,
-    "fusion.heads": 2,
     "head.hidden": 32,
     "train.batch_size": 16,
 }

@@ -35,9 +35,9 @@ def test_builtin_registry_lists_and_describes_the_core_task():
     assert spec.references["D-MPNN"].value == pytest.approx(0.555)
 
 
-def test_switching_fusion_type_without_its_keys_is_refused():
+def test_a_key_the_chosen_fusion_does_not_take_is_refused():
     with pytest.raises(ZooError, match="key 'fusion.latents': unknown key"):
-        zoo.info("molecule-solubility", overrides={"fusion.type": "mean"})
+        zoo.info("molecule-solubility", overrides={"fusion.type": "mean", "fusion.latents": 4})
 
 
 def test_a_new_task_over_existing_encoders_is_yaml_only(tmp_path):

@@ -14,10 +14,10 @@ from tests.conftest import TINY
 def test_loss_falls_on_a_small_real_subset(esol_csv, tmp_path):
     rows = read_rows(esol_csv)[:200]
     zoo.train("molecule-solubility", rows, out=tmp_path / "m", progress=False,
-              overrides={**TINY, "train.epochs": 8, "train.patience": 100})
+              overrides={**TINY, "train.epochs": 10, "train.lr": 3e-3, "train.warmup_epochs": 1})
     history = [json.loads(line) for line in (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()]
-    assert len(history) == 8
-    assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
+    assert len(history) == 10
+    assert history[-1]["train_loss"] < 0.6 * history[0]["train_loss"]
 
 
 def test_cli_train_writes_an_artifact_that_loads_and_predicts(textbook_csv, tmp_path, capsys):
@@ -44,8 +44,11 @@ def test_save_load_round_trip_gives_identical_predictions(textbook_rows, tmp_pat
     assert saved["test"]["rmse"] == pytest.approx(metrics["test"]["rmse"])
 
 
-def test_predictions_are_finite_and_depend_on_the_molecule(textbook_rows):
-    model, _ = zoo.train("molecule-solubility", textbook_rows, progress=False, overrides={**TINY, "train.epochs": 5})
+@pytest.mark.parametrize("fusion", [{"type": "mean", "dim": 32},
+                                    {"type": "cross-attention", "dim": 32, "heads": 2, "latents": 4}])
+def test_predictions_are_finite_and_depend_on_the_molecule(textbook_rows, fusion):
+    model, _ = zoo.train("molecule-solubility", textbook_rows, progress=False,
+                         overrides={**TINY, "fusion": fusion, "train.epochs": 5})
     preds = [p["logS"] for p in model.predict([{"smiles": s} for s in ("CCCCCCCC", "OCC(O)CO")])]
     assert np.isfinite(preds).all() and preds[0] != preds[1]
 

@@ -1,0 +1,40 @@
+"""Regenerate the README's benchmark table from benchmarks/results/*.json (never typed by hand).
+
+    python benchmarks/readme_table.py
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+README = HERE.parent / "README.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def table() -> str:
+    lines = ["| task | metric | ours (mean ± std over runs) | runs | references |", "|---|---|---|---|---|"]
+    for path in sorted((HERE / "results").glob("*.json")):
+        r = json.loads(path.read_text())
+        refs = "; ".join(f"{name} {ref['value']}" + (f" ± {ref['std']}" if ref.get("std") is not None else "")
+                         for name, ref in r["references"].items())
+        runs = ", ".join(f"{run['test'][r['metric']]:.3f}" for run in r["runs"])
+        lines.append(f"| `{r['task']}` | {r['metric'].upper()} ({r['split']}) | **{r['mean']:.3f} ± {r['std']:.3f}** "
+                     f"| {runs} | {refs} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    text = README.read_text()
+    block = f"{START}\n{table()}\n{END}"
+    if START in text:
+        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    else:
+        raise SystemExit(f"{README} has no {START} ... {END} block")
+    README.write_text(text)
+    print(block)
+
+
+if __name__ == "__main__":
+    main()
