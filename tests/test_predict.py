@@ -49,7 +49,7 @@ def _check_mixed(out_rows):
             assert r["logS"] in (None, "")
     errors = {r["id"]: r["error"] for r in out_rows}
     assert "cannot parse SMILES 'C1CC'" in errors["2"]
-    assert "no usable input: empty 'smiles'" in errors["3"]
+    assert errors["3"] == "row: every input is empty ('smiles')"
     assert "valence" in errors["5"]
 
 

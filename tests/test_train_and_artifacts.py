@@ -78,3 +78,12 @@ def test_tampered_or_incomplete_artifacts_are_refused(textbook_rows, tmp_path):
     (tmp_path / "m" / "config.yaml").unlink()
     with pytest.raises(ZooError, match="not a SciZoo model folder"):
         zoo.load(tmp_path / "m")
+
+
+def test_training_data_without_the_needed_columns_is_a_clear_error(tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    data.write_text("smiles,logp\nCCO,-0.3\n")
+    assert main(["train", "molecule-solubility", "--data", str(data), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("zoo: error: task 'molecule-solubility': the training data has no column "
+                   "'measured log solubility in mols per litre' (columns: smiles, logp)")

@@ -46,6 +46,11 @@ class Prepared:
 def prepare(model: ZooModel, rows: list[dict], progress: bool = True) -> Prepared:
     spec = model.spec
     key_column = spec.data.split_key or next(iter(spec.inputs.values())).column
+    needed = [i.column for i in spec.inputs.values()] + list(spec.head.targets.values())
+    absent = [c for c in dict.fromkeys(needed) if not rows or c not in rows[0]]
+    if absent:
+        raise ZooError(f"task {spec.name!r}: the training data has no column {', '.join(map(repr, absent))}"
+                       f" (columns: {', '.join(rows[0]) if rows else 'none, no rows'})")
     targets = model.targets(rows)
     features, kept, skipped = [], [], []
     for i, row in enumerate(tqdm(rows, desc="featurize", unit="row", disable=None if progress else True, leave=False)):
