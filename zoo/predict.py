@@ -65,7 +65,7 @@ def predict_table(model: ZooModel, path: str | Path, output: str | Path | None =
                     if len(summary.failed) < 5:
                         summary.failed.append((summary.rows + offset, r["error"]))
             summary.rows += len(results)
-            columns = {names[t]: pa.array([r.get(t) for r in results], pa.float64()) for t in names}
+            columns = {names[t]: pa.array([r.get(t) for r in results], pa.float32()) for t in names}
             columns["error"] = pa.array([r.get("error") for r in results], pa.string())
             table = batch
             for name, values in columns.items():
