@@ -14,14 +14,16 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def table() -> str:
-    lines = ["| task | metric | ours (mean ± std over runs) | runs | references |", "|---|---|---|---|---|"]
+    lines = ["| task | variant | metric (split) | ours: mean ± std | per run | references |",
+             "|---|---|---|---|---|---|"]
     for path in sorted((HERE / "results").glob("*.json")):
         r = json.loads(path.read_text())
         refs = "; ".join(f"{name} {ref['value']}" + (f" ± {ref['std']}" if ref.get("std") is not None else "")
                          for name, ref in r["references"].items())
-        runs = ", ".join(f"{run['test'][r['metric']]:.3f}" for run in r["runs"])
-        lines.append(f"| `{r['task']}` | {r['metric'].upper()} ({r['split']}) | **{r['mean']:.3f} ± {r['std']:.3f}** "
-                     f"| {runs} | {refs} |")
+        for variant, v in r["variants"].items():
+            runs = ", ".join(f"{run['test'][r['metric']]:.3f}" for run in r["runs"] if run["variant"] == variant)
+            lines.append(f"| `{r['task']}` | {variant} | {r['metric'].upper()} ({r['split']}) | "
+                         f"**{v['mean']:.3f} ± {v['std']:.3f}** | {runs} | {refs} |")
     return "\n".join(lines)
 
 

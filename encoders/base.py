@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 ENCODERS: dict[str, type[torch.nn.Module]] = {}
@@ -63,3 +64,21 @@ def pad_tokens(h: torch.Tensor, row: torch.Tensor, pos: torch.Tensor, batch_size
     x[row, pos] = h
     mask[row, pos] = True
     return Tokens(x, mask)
+
+
+def token_index(rows: list[int], sizes: np.ndarray, batch_size: int) -> dict:
+    """The batch row and position of every token, for ``pad_tokens``; ``rows`` holds ``sizes`` tokens each."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    starts = np.cumsum(sizes) - sizes
+    return {
+        "row": torch.as_tensor(np.repeat(np.asarray(rows, dtype=np.int64), sizes), dtype=torch.long),
+        "pos": torch.as_tensor(np.arange(sizes.sum()) - np.repeat(starts, sizes), dtype=torch.long),
+        "size": batch_size,
+    }
+
+
+def concat(arrays: list[np.ndarray], dtype, width: int | None = None) -> torch.Tensor:
+    """Concatenate per-row arrays (an empty batch gives an empty tensor of the right shape)."""
+    if arrays:
+        return torch.as_tensor(np.concatenate(arrays).astype(dtype))
+    return torch.as_tensor(np.zeros((0,) if width is None else (0, width), dtype=dtype))

@@ -13,7 +13,7 @@ import torch
 from rdkit import Chem, RDLogger
 from torch import nn
 
-from encoders.base import InputError, Tokens, pad_tokens, register_encoder
+from encoders.base import InputError, Tokens, concat, pad_tokens, register_encoder, token_index
 
 RDLogger.DisableLog("rdApp.*")  # parse failures are reported per row through InputError instead
 
@@ -113,25 +113,16 @@ class MoleculeDMPNN(nn.Module):
         present = [(i, g) for i, g in enumerate(graphs) if g is not None]
         sizes = np.array([len(g.atoms) for _, g in present], dtype=np.int64)
         starts = np.cumsum(sizes) - sizes
-        n_features = len(ATOM_FEATURES)
-        atoms = np.concatenate([g.atoms for _, g in present]) if present else np.zeros((0, n_features))
-        mass = np.concatenate([g.mass for _, g in present]) if present else np.zeros(0)
-        bonds = [g.bonds for _, g in present]
-        pairs = [g.pairs + s for (_, g), s in zip(present, starts)]
-        bonds = np.concatenate(bonds) if bonds else np.zeros((0, len(BOND_FEATURES)))
-        pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2))
+        bonds = concat([g.bonds for _, g in present], np.int64, len(BOND_FEATURES))
+        pairs = concat([g.pairs + s for (_, g), s in zip(present, starts)], np.int64, 2)
         # Directed edge 2k runs begin->end of bond k and 2k+1 runs back, so an edge's reverse is index ^ 1.
-        src = np.stack([pairs[:, 0], pairs[:, 1]], 1).reshape(-1)
-        dst = np.stack([pairs[:, 1], pairs[:, 0]], 1).reshape(-1)
         return {
-            "atoms": torch.as_tensor(atoms, dtype=torch.long),
-            "mass": torch.as_tensor(mass, dtype=torch.float32).unsqueeze(-1),
-            "bonds": torch.as_tensor(np.repeat(bonds, 2, axis=0), dtype=torch.long),
-            "src": torch.as_tensor(src, dtype=torch.long),
-            "dst": torch.as_tensor(dst, dtype=torch.long),
-            "row": torch.as_tensor(np.repeat([i for i, _ in present], sizes), dtype=torch.long),
-            "pos": torch.as_tensor(np.arange(sizes.sum()) - np.repeat(starts, sizes), dtype=torch.long),
-            "size": len(graphs),
+            "atoms": concat([g.atoms for _, g in present], np.int64, len(ATOM_FEATURES)),
+            "mass": concat([g.mass for _, g in present], np.float32).unsqueeze(-1),
+            "bonds": bonds.repeat_interleave(2, dim=0),
+            "src": pairs.reshape(-1),
+            "dst": pairs.flip(1).reshape(-1),
+            **token_index([i for i, _ in present], sizes, len(graphs)),
         }
 
     def forward(self, batch: dict) -> Tokens:

@@ -2,6 +2,8 @@
 targets while ignoring missing ones, and ``decode`` turns it into the user's units."""
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 from torch import nn
@@ -19,11 +21,14 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class RegressionHead(nn.Module):
-    """Regression on standardised targets; the training set's mean and std are saved with the weights."""
+    """Regression on standardised targets; the training set's mean and std are saved with the weights.
 
-    def __init__(self, dim: int, *, targets: list[str], hidden: int = 256, dropout: float = 0.0):
+    ``loss: l1`` suits data scored by MAE with many exact values (band gaps of metals are all 0 eV)."""
+
+    def __init__(self, dim: int, *, targets: list[str], hidden: int = 256, dropout: float = 0.0,
+                 loss: Literal["mse", "l1"] = "mse"):
         super().__init__()
-        self.targets = list(targets)
+        self.targets, self.loss_fn = list(targets), {"mse": F.mse_loss, "l1": F.l1_loss}[loss]
         self.mlp = _mlp(dim, hidden, len(self.targets), dropout)
         self.register_buffer("mean", torch.zeros(len(self.targets)))
         self.register_buffer("std", torch.ones(len(self.targets)))
@@ -38,7 +43,7 @@ class RegressionHead(nn.Module):
 
     def loss(self, raw: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         z = (torch.where(mask, target, self.mean) - self.mean) / self.std
-        return _masked_mean(F.mse_loss(raw, z, reduction="none"), mask)
+        return _masked_mean(self.loss_fn(raw, z, reduction="none"), mask)
 
     def decode(self, raw: torch.Tensor) -> torch.Tensor:
         return raw * self.std + self.mean

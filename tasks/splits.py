@@ -45,5 +45,17 @@ def scaffold_split(smiles: list[str], fractions: tuple[float, float, float], see
     return np.array(train, dtype=int), np.array(val, dtype=int), np.array(test, dtype=int)
 
 
+def matbench_split(keys: list, fractions: tuple[float, float, float], seed: int) -> tuple[np.ndarray, ...]:
+    """Matbench's 5-fold CV: ``seed`` picks the test fold of ``KFold(5, shuffle=True, random_state=18012019)``;
+    a random ``fractions[1]`` share of the rest (seeded by the fold) is held out for validation."""
+    from sklearn.model_selection import KFold
+
+    folds = list(KFold(n_splits=5, shuffle=True, random_state=18012019).split(np.arange(len(keys))))
+    rest, test = folds[seed]
+    rest = np.random.default_rng(seed).permutation(rest)
+    n_val = int(round(fractions[1] * len(keys)))
+    return np.sort(rest[n_val:]), np.sort(rest[:n_val]), test
+
+
 # Each takes the split key of every row (SMILES for scaffolds), the three fractions and a seed.
-SPLITS = {"random": random_split, "scaffold": scaffold_split}
+SPLITS = {"random": random_split, "scaffold": scaffold_split, "matbench-kfold": matbench_split}

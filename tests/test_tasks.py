@@ -6,6 +6,7 @@ from rdkit.Chem.Scaffolds import MurckoScaffold
 
 from fusion import Fused
 from tasks import MultiLabelHead, RegressionHead, random_split, scaffold_split, score
+from tasks.splits import matbench_split
 from tests.conftest import TEXTBOOK
 
 
@@ -57,3 +58,15 @@ def test_scaffold_split_never_puts_one_scaffold_in_two_sets():
     sets = [{scaffold(i) for i in part} for part in parts]
     assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
     assert sum(len(p) for p in parts) == len(smiles)
+
+
+def test_matbench_split_uses_the_published_kfold_and_covers_every_row_once():
+    from sklearn.model_selection import KFold
+
+    keys = list(range(103))
+    tests = [matbench_split(keys, (0.7, 0.1, 0.2), fold)[2] for fold in range(5)]
+    assert sorted(np.concatenate(tests).tolist()) == keys
+    expected = next(iter(KFold(5, shuffle=True, random_state=18012019).split(keys)))[1]
+    assert np.array_equal(np.sort(tests[0]), np.sort(expected))
+    train, val, test = matbench_split(keys, (0.7, 0.1, 0.2), 0)
+    assert not set(train) & set(val) and not (set(train) | set(val)) & set(test)

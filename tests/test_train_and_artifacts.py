@@ -87,3 +87,25 @@ def test_training_data_without_the_needed_columns_is_a_clear_error(tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert err == ("zoo: error: task 'molecule-solubility': the training data has no column "
                    "'measured log solubility in mols per litre' (columns: smiles, logp)")
+
+
+def test_featurization_is_cached_per_data_hash(textbook_rows, tmp_path, monkeypatch):
+    from zoo.model import ZooModel
+    from zoo.train import prepare
+
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path))
+    model = ZooModel(zoo.info("molecule-solubility", overrides=TINY))
+    first = prepare(model, textbook_rows, progress=False, data_sha256="abc")
+    assert len(list((tmp_path / "features").glob("molecule-solubility-*.npz"))) == 1
+
+    def fail(row):
+        raise AssertionError("featurized again despite the cache")
+
+    monkeypatch.setattr(model, "featurize", fail)
+    second = prepare(model, textbook_rows, progress=False, data_sha256="abc")
+    assert len(second.features) == len(first.features) and second.keys == first.keys
+    for a, b in zip(first.features, second.features):
+        assert np.array_equal(a["smiles"].atoms, b["smiles"].atoms)
+        assert np.array_equal(a["smiles"].pairs, b["smiles"].pairs)
+    with pytest.raises(AssertionError, match="featurized again"):
+        prepare(model, textbook_rows, progress=False, data_sha256="other data")

@@ -61,7 +61,7 @@ def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for package in ("scizoo", "torch", "rdkit", "numpy"):
+    for package in ("scizoo", "torch", "rdkit", "numpy", "pymatgen", "chgnet"):
         try:
             out[package] = version(package)
         except PackageNotFoundError:
@@ -79,6 +79,8 @@ def save(model: ZooModel, out: Path, metrics: dict, data_sha256: str | None = No
     config = {
         "task": model.spec.model_dump(mode="json"),
         "versions": versions(),
+        # Frozen pretrained parts are not in model.safetensors; loading rebuilds them from these packages.
+        "backbones": {n: e.backbone for n, e in model.encoders.items() if hasattr(e, "backbone")},
         "data_sha256": data_sha256,
         "weights_sha256": sha256_file(weights),
     }

@@ -170,15 +170,22 @@ class Registry:
         if not isinstance(entry, dict):
             raise ZooError(f"task {name!r}: expected a mapping of keys, got {type(entry).__name__}")
         entry["name"] = name
-        for i_name, spec in (entry.get("inputs") or {}).items():
-            encoder = spec.get("encoder") if isinstance(spec, dict) else None
-            if encoder not in self.encoders:
-                raise ZooError(f"task {name!r}: key 'inputs.{i_name}.encoder': unknown encoder {encoder!r}; "
-                               f"known: {', '.join(sorted(self.encoders))}")
-            entry.setdefault("encoders", {})[encoder] = copy.deepcopy(self.encoders[encoder])
+        self._add_encoders(entry)
         for key, value in (overrides or {}).items():
             _set(entry, key, value)
+        self._add_encoders(entry)  # an override may have switched an input to another encoder
         return validate_task(entry)
+
+    def _add_encoders(self, entry: dict) -> None:
+        """Copy in the encoders the task's inputs name (keeping overridden copies), and only those."""
+        have, used = entry.get("encoders") or {}, {}
+        for i_name, spec in (entry.get("inputs") or {}).items():
+            encoder = spec.get("encoder") if isinstance(spec, dict) else None
+            if encoder not in have and encoder not in self.encoders:
+                raise ZooError(f"task {entry['name']!r}: key 'inputs.{i_name}.encoder': unknown encoder "
+                               f"{encoder!r}; known: {', '.join(sorted(self.encoders))}")
+            used[encoder] = have.get(encoder) or copy.deepcopy(self.encoders[encoder])
+        entry["encoders"] = used
 
 
 def validate_task(entry: dict) -> TaskSpec:

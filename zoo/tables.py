@@ -5,7 +5,6 @@ go back out exactly as they came in.
 """
 from __future__ import annotations
 
-import csv
 import io
 import json
 import sys
@@ -19,11 +18,14 @@ import pyarrow.parquet as pq
 
 from encoders import ZooError
 
-FORMATS = (".csv", ".parquet", ".jsonl")
+FORMATS = (".csv", ".parquet", ".jsonl")  # .csv.gz and .jsonl.gz are read too
 
 
-def table_format(path: Path) -> str:
-    suffix = Path(path).suffix.lower()
+def table_format(path: Path, compressed: bool = False) -> str:
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if compressed and suffixes[-1:] == [".gz"]:
+        suffixes = suffixes[:-1]
+    suffix = suffixes[-1] if suffixes else ""
     if suffix not in FORMATS:
         raise ZooError(f"{path}: unsupported table format {suffix or '(none)'!r}; use {', '.join(FORMATS)}")
     return suffix
@@ -32,7 +34,7 @@ def table_format(path: Path) -> str:
 def iter_table(path: str | Path, chunk_rows: int = 4096) -> Iterator[pa.RecordBatch]:
     """Record batches of at most about ``chunk_rows`` rows; a clear ZooError if the file can't be read."""
     path = Path(path)
-    kind = table_format(path)
+    kind = table_format(path, compressed=True)
     if not path.is_file():
         raise ZooError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -43,8 +45,7 @@ def iter_table(path: str | Path, chunk_rows: int = 4096) -> Iterator[pa.RecordBa
         elif kind == ".jsonl":
             yield from pa_json.open_json(path, read_options=pa_json.ReadOptions(block_size=1 << 20))
         else:
-            with open(path, newline="", encoding="utf-8", errors="replace") as f:
-                header = next(csv.reader(f), [])
+            header = pa_csv.open_csv(path).schema.names
             if not any(h.strip() for h in header):
                 raise ZooError(f"{path}: the file has no header row")
             reader = pa_csv.open_csv(

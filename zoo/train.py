@@ -12,6 +12,7 @@ import math
 import random
 import sys
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from encoders import InputError, ZooError
 from tasks import METRICS, SPLITS, score
 from zoo.artifacts import save
+from zoo.cache import cache_path, load_features, save_features
 from zoo.model import ZooModel, to_device
 from zoo.registry import TaskSpec
 
@@ -43,7 +45,14 @@ class Prepared:
     skipped: list[tuple[int, str]] = field(default_factory=list)
 
 
-def prepare(model: ZooModel, rows: list[dict], progress: bool = True) -> Prepared:
+def feature_types(model: ZooModel) -> dict[str, type]:
+    """The feature dataclass each input's encoder returns (its ``featurize`` return annotation)."""
+    return {name: typing.get_type_hints(model.encoders[i.encoder].featurize)["return"]
+            for name, i in model.spec.inputs.items()}
+
+
+def prepare(model: ZooModel, rows: list[dict], progress: bool = True, data_sha256: str | None = None) -> Prepared:
+    """Featurize every row with a target; with the data's sha256 the features are cached on disk."""
     spec = model.spec
     key_column = spec.data.split_key or next(iter(spec.inputs.values())).column
     needed = [i.column for i in spec.inputs.values()] + list(spec.head.targets.values())
@@ -52,16 +61,27 @@ def prepare(model: ZooModel, rows: list[dict], progress: bool = True) -> Prepare
         raise ZooError(f"task {spec.name!r}: the training data has no column {', '.join(map(repr, absent))}"
                        f" (columns: {', '.join(rows[0]) if rows else 'none, no rows'})")
     targets = model.targets(rows)
-    features, kept, skipped = [], [], []
-    for i, row in enumerate(tqdm(rows, desc="featurize", unit="row", disable=None if progress else True, leave=False)):
-        if np.isnan(targets[i]).all():
-            skipped.append((i, f"no target in {', '.join(repr(c) for c in spec.head.targets.values())}"))
-            continue
-        try:
-            features.append(model.featurize(row))
-            kept.append(i)
-        except InputError as err:
-            skipped.append((i, str(err)))
+    cached = cache_path(spec, data_sha256) if data_sha256 else None
+    if cached and cached.is_file():
+        features, extra = load_features(cached, feature_types(model))
+        kept = extra["kept"].tolist()
+        skipped = list(zip(extra["skipped"].tolist(), extra["reasons"].tolist()))
+    else:
+        features, kept, skipped = [], [], []
+        for i, row in enumerate(tqdm(rows, desc="featurize", unit="row", disable=None if progress else True,
+                                     leave=False)):
+            if np.isnan(targets[i]).all():
+                skipped.append((i, f"no target in {', '.join(repr(c) for c in spec.head.targets.values())}"))
+                continue
+            try:
+                features.append(model.featurize(row))
+                kept.append(i)
+            except InputError as err:
+                skipped.append((i, str(err)))
+        if cached and kept:
+            save_features(cached, features, feature_types(model), {
+                "kept": np.array(kept, dtype=np.int64), "skipped": np.array([i for i, _ in skipped], dtype=np.int64),
+                "reasons": np.array([why for _, why in skipped], dtype=str)})
     if not kept:
         first = f" (row {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
         raise ZooError(f"task {spec.name!r}: no usable training rows{first}")
@@ -105,7 +125,7 @@ class Trainer:
         seed_everything(cfg.seed)
         model = ZooModel(spec)
         started = time.perf_counter()
-        data = prepare(model, rows, self.progress)
+        data = prepare(model, rows, self.progress, data_sha256)
         if data.skipped:
             shown = "; ".join(f"row {i}: {why}" for i, why in data.skipped[:5])
             print(f"skipped {len(data.skipped)} of {len(rows)} rows: {shown}"

@@ -1,0 +1,154 @@
+"""The loop every benchmark script shares: one training run per registry seed (or Matbench fold), ours
+printed beside the registry's references, a results JSON and a parity plot, optional bundling.
+
+A task script names its task and, where it compares variants (a from-scratch encoder against a pretrained
+one, one modality against the fused model), passes them as registry overrides.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+import zoo
+from tasks import METRICS
+from zoo.artifacts import BUNDLED, sha256_file, versions
+from zoo.model import ZooModel
+from zoo.registry import TaskSpec, parse_overrides
+from zoo.tables import read_rows
+
+HERE = Path(__file__).resolve().parent
+
+
+def featurization_rate(model: ZooModel, rows: list[dict], limit: int = 2000) -> float:
+    """Rows per second through the task's featurization on one core (first ``limit`` rows, nothing cached)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    sample = rows[:limit]
+    model.featurize(sample[0])  # loads any pretrained backbone outside the timing
+    start = time.perf_counter()
+    for row in sample:
+        try:
+            model.featurize(row)
+        except zoo.InputError:
+            pass
+    torch.set_num_threads(threads)
+    return len(sample) / (time.perf_counter() - start)
+
+
+def parity_plot(runs: list[dict], path: Path, spec: TaskSpec, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    for run in runs:
+        true, pred = np.ravel(run["test_true"]), np.ravel(run["test_pred"])
+        ax.scatter(true, pred, s=6, alpha=0.5,
+                   label=f"{run['variant']} {run['seed']}: {spec.metric.upper()} {run['test'][spec.metric]:.3f}")
+    lo, hi = ax.get_xlim()
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    unit = spec.head.unit or ""
+    ax.set(xlabel=f"measured ({unit})", ylabel=f"predicted ({unit})", title=title)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def main(task: str, doc: str, variants: dict[str, dict] | None = None, seed_name: str = "seed") -> int:
+    """``variants``: name -> registry overrides, each run on the same seeds; the first is the task's own."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="the data file (default: $ZOO_DATA/<dataset>/<file>, or ../shared/data)")
+    p.add_argument(f"--{seed_name}s", dest="seeds", type=int, nargs="+", help=f"{seed_name}s (default: the registry's)")
+    p.add_argument("--variants", nargs="+", help=f"which variants to run (default: all of {list(variants or {})})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a registry key")
+    p.add_argument("--results", default=str(HERE / "results"), help="folder for the JSON and the plot")
+    p.add_argument("--bundle", action="store_true", help="ship the best-validation model of the first variant")
+    args = p.parse_args()
+
+    variants = variants or {"ours": {}}
+    chosen = {k: v for k, v in variants.items() if not args.variants or k in args.variants}
+    base = parse_overrides(args.set)
+    spec = zoo.info(task, overrides=base)
+    root = os.environ.get("ZOO_DATA", str(HERE.parent.parent / "shared" / "data"))
+    data = Path(args.data or Path(root) / spec.data.dataset / spec.data.file)
+    if not data.is_file():
+        print(f"no data at {data}; pass --data or set ZOO_DATA", file=sys.stderr)
+        return 2
+    rows = read_rows(data)
+    data_sha = sha256_file(data)
+    if spec.data.sha256 and data_sha != spec.data.sha256:
+        print(f"warning: {data} sha256 {data_sha} differs from the registry's {spec.data.sha256}", file=sys.stderr)
+
+    runs, rates, work = [], {}, Path(tempfile.mkdtemp(prefix="scizoo-bench-"))
+    for variant, overrides in chosen.items():
+        v_spec = zoo.info(task, overrides={**base, **overrides})
+        rates[variant] = featurization_rate(ZooModel(v_spec), rows)
+        print(f"[{variant}] featurization: {rates[variant]:,.0f} rows/s on one core")
+        for seed in args.seeds or spec.data.seeds:
+            seed_spec = zoo.info(task, overrides={**base, **overrides, "train.seed": seed})
+            start = time.perf_counter()
+            _, m = zoo.Trainer(seed_spec, out=work / f"{variant}-{seed}").fit(rows, data_sha256=data_sha)
+            wall = time.perf_counter() - start
+            runs.append({"variant": variant, "seed": seed, "val": m["val"], "test": m["test"],
+                         "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"], "wall_s": round(wall, 1),
+                         "test_true": m["test_predictions"]["true"], "test_pred": m["test_predictions"]["pred"]})
+            print(f"[{variant}] {seed_name} {seed}: test {spec.metric.upper()} {m['test'][spec.metric]:.4f} "
+                  f"(val {m['val'][spec.metric]:.4f}, best epoch {m['best_epoch']}, {wall:.0f} s)")
+
+    print(f"\n{'model':<34} test {spec.metric.upper()}")
+    summary_by_variant = {}
+    for variant in chosen:
+        values = np.array([r["test"][spec.metric] for r in runs if r["variant"] == variant])
+        summary_by_variant[variant] = {"mean": float(values.mean()), "std": float(values.std()),
+                                       "featurization_rows_per_s": round(rates[variant], 1)}
+        print(f"{'SciZoo ' + variant:<34} {values.mean():.4f} ± {values.std():.4f}  "
+              f"({seed_name}s {[r['seed'] for r in runs if r['variant'] == variant]})")
+    for name, ref in spec.references.items():
+        print(f"{name:<34} {ref.value:.4f}{f' ± {ref.std:.4f}' if ref.std is not None else ''}  ({ref.source})")
+
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    parity_plot(runs, results / f"{task}-parity.png", spec, f"{task}: test sets")
+    first = next(iter(chosen))
+    summary = {
+        "task": task, "metric": spec.metric, "split": f"{spec.data.split} {list(spec.data.fractions)}",
+        "data": data.name, "data_sha256": data_sha,
+        "mean": summary_by_variant[first]["mean"], "std": summary_by_variant[first]["std"],
+        "variants": summary_by_variant,
+        "runs": [{k: v for k, v in r.items() if not k.startswith("test_")} | {"test": r["test"]} for r in runs],
+        "references": {k: v.model_dump() for k, v in spec.references.items()},
+        "overrides": {"all": args.set, **{k: v for k, v in chosen.items()}},
+        "versions": versions(), "git_commit": git_commit(),
+    }
+    (results / f"{task}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {results / f'{task}.json'} and {results / f'{task}-parity.png'}")
+
+    if args.bundle:
+        sign = -1 if METRICS[spec.metric].higher_is_better else 1
+        best = min((r for r in runs if r["variant"] == first), key=lambda r: sign * r["val"][spec.metric])
+        target = BUNDLED / task
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(work / f"{first}-{best['seed']}", target, ignore=shutil.ignore_patterns("metrics.jsonl"))
+        print(f"bundled {first} {seed_name} {best['seed']} (val {spec.metric} {best['val'][spec.metric]:.4f}) "
+              f"into {target}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0

@@ -1,0 +1,13 @@
+"""Reproduce materials-bandgap: Matbench expt_gap, composition -> experimental band gap, MAE (eV).
+
+    python benchmarks/materials_bandgap.py [--folds 0 1 2 3 4] [--bundle]
+
+Matbench-style 5-fold CV (KFold(5, shuffle=True, random_state=18012019)); ``--folds 0`` runs one fold on a
+CPU budget. Writes benchmarks/results/materials-bandgap.json and a parity plot.
+"""
+import sys
+
+from harness import main
+
+if __name__ == "__main__":
+    sys.exit(main("materials-bandgap", __doc__, seed_name="fold"))

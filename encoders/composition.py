@@ -1,0 +1,119 @@
+"""Compositions: a formula (or pymatgen Composition) -> one token per element.
+
+Each element token is a learned embedding of the element plus a projection of its tabulated properties
+(pymatgen ``Element``: group, row, electronegativity, radius, mass, ionisation energy, ...), so rare elements
+borrow strength from chemically similar ones, plus an encoding of its fraction. Self-attention lets the
+elements of a compound see each other, as in Roost and CrabNet.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from encoders.base import InputError, Tokens, concat, pad_tokens, register_encoder, token_index
+
+MAX_Z = 103  # up to lawrencium; pymatgen's tables are sparse beyond
+STRUCTURE_FILES = (".cif", ".vasp", ".poscar", ".json")
+
+
+@functools.cache
+def element_table() -> np.ndarray:
+    """[MAX_Z + 1, n_properties] standardised element properties; row 0 is unused, missing values are 0."""
+    from pymatgen.core import Element
+
+    def props(z: int) -> list[float]:
+        e = Element.from_Z(z)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pymatgen warns for every property it lacks
+            values = [z, e.group, e.row, e.X, e.atomic_radius, float(e.atomic_mass), e.mendeleev_no,
+                      e.ionization_energy, e.electron_affinity, float(e.is_metal),
+                      *(float(e.block == b) for b in "spdf")]
+        return [float(v) if v is not None and math.isfinite(float(v)) else math.nan for v in values]
+
+    table = np.array([props(z) for z in range(1, MAX_Z + 1)], dtype=np.float64)
+    table = (table - np.nanmean(table, 0)) / (np.nanstd(table, 0) + 1e-8)
+    return np.vstack([np.zeros((1, table.shape[1])), np.nan_to_num(table, nan=0.0)]).astype(np.float32)
+
+
+@dataclass
+class CompositionFeatures:
+    z: np.ndarray          # [n_elements] atomic numbers
+    fraction: np.ndarray   # [n_elements] atomic fractions, summing to 1
+
+
+def parse_composition(raw):
+    """A formula or Composition; a crystal structure (object, dict or structure file) gives its composition,
+    so one structure column can feed both a crystal and a composition input."""
+    from pymatgen.core import Composition, Element, Structure
+
+    if isinstance(raw, Composition):
+        comp = raw
+    elif isinstance(raw, Structure):
+        comp = raw.composition
+    elif isinstance(raw, dict) or isinstance(raw, str) and Path(raw.strip()).suffix.lower() in STRUCTURE_FILES:
+        try:
+            structure = Structure.from_dict(raw) if isinstance(raw, dict) else Structure.from_file(raw.strip())
+        except Exception as err:  # the crystal input reports the details; here only the composition matters
+            raise InputError("composition", f"cannot read a composition from this structure: {err}") from None
+        comp = structure.composition
+    elif isinstance(raw, str):
+        if not raw.strip():
+            raise InputError("composition", "empty formula")
+        try:
+            comp = Composition(raw.strip())
+        except Exception as err:  # pymatgen raises ValueError, KeyError or its own errors for bad formulas
+            raise InputError("composition", f"cannot parse formula {raw!r}: {err}") from None
+    else:
+        raise InputError("composition", f"expected a formula string, got {type(raw).__name__}")
+    unknown = [getattr(s, "symbol", str(s)) for s in comp if not isinstance(s, Element) or s.Z > MAX_Z]
+    if unknown:
+        raise InputError("composition", f"unknown element {unknown[0]!r} in formula {str(raw)!r}")
+    if comp.num_atoms <= 0:
+        raise InputError("composition", f"formula {str(raw)!r} has no atoms")
+    return comp
+
+
+@register_encoder("composition")
+class CompositionEncoder(nn.Module):
+    def __init__(self, *, dim: int = 128, layers: int = 2, heads: int = 4, dropout: float = 0.0):
+        super().__init__()
+        self.out_dim = dim
+        self.register_buffer("properties", torch.from_numpy(element_table()), persistent=False)
+        self.element = nn.Embedding(MAX_Z + 1, dim)
+        self.describe = nn.Linear(self.properties.shape[1], dim)
+        self.amount = nn.Sequential(nn.Linear(2, dim), nn.GELU(), nn.Linear(dim, dim))
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout, batch_first=True, norm_first=True)
+        self.mix = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    @staticmethod
+    def featurize(raw) -> CompositionFeatures:
+        comp = parse_composition(raw).fractional_composition
+        items = sorted((el.Z, amount) for el, amount in comp.items())
+        return CompositionFeatures(np.array([z for z, _ in items]), np.array([a for _, a in items], np.float32))
+
+    @staticmethod
+    def collate(items: list[CompositionFeatures | None]) -> dict:
+        present = [(i, c) for i, c in enumerate(items) if c is not None]
+        return {
+            "z": concat([c.z for _, c in present], np.int64),
+            "fraction": concat([c.fraction for _, c in present], np.float32),
+            **token_index([i for i, _ in present], [len(c.z) for _, c in present], len(items)),
+        }
+
+    def forward(self, batch: dict) -> Tokens:
+        z, frac = batch["z"], batch["fraction"].unsqueeze(-1)
+        amount = self.amount(torch.cat([frac, torch.log(frac.clamp(min=1e-6))], -1))
+        h = self.element(z) + self.describe(self.properties[z]) + amount
+        tokens = pad_tokens(h, batch["row"], batch["pos"], batch["size"])
+        # Rows without a composition have no token: give attention one dummy key so it stays finite.
+        first = torch.arange(tokens.mask.shape[1], device=z.device) == 0
+        keep = tokens.mask | (~tokens.mask.any(1, keepdim=True) & first)
+        x = self.mix(tokens.x, src_key_padding_mask=~keep)
+        return Tokens(x * tokens.mask.unsqueeze(-1), tokens.mask)

@@ -1,0 +1,219 @@
+"""Crystals: a pymatgen Structure (from CIF, POSCAR, a pymatgen JSON dict or an object) -> atom tokens.
+
+``crystal-cgcnn`` is a from-scratch crystal graph convolution (Xie & Grossman 2018) in plain torch over a
+periodic neighbour graph; ``crystal-chgnet`` transfers the pretrained CHGNet's atom features.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from encoders.base import InputError, Tokens, concat, pad_tokens, register_encoder, token_index
+
+STRUCTURE_SUFFIXES = {".cif": "cif", ".vasp": "poscar", ".poscar": "poscar", ".json": "json"}
+
+
+def parse_structure(raw, ordered: bool = True):
+    """-> pymatgen Structure; ``ordered`` refuses partial occupancies (for backbones that need one species
+    per site). Accepts a Structure, a ``Structure.as_dict()`` dict (or its JSON text), a CIF or POSCAR file
+    path, or CIF / POSCAR text."""
+    from pymatgen.core import Structure
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # CIF readers warn about every rounding they do
+            structure = _read(raw, Structure)
+    except InputError:
+        raise
+    except KeyError as err:
+        raise InputError("crystal", f"cannot read structure: missing key {err}") from None
+    except Exception as err:  # pymatgen's parsers raise many exception types for malformed files
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError("crystal", f"cannot read structure: {why}") from None
+    if len(structure) == 0:
+        raise InputError("crystal", "structure has no sites")
+    if ordered and not structure.is_ordered:
+        site = next(i for i, s in enumerate(structure) if not s.is_ordered)
+        raise InputError("crystal", f"disordered structure (partial occupancy on site {site}: "
+                                    f"{structure[site].species}); this encoder needs one species per site")
+    return structure
+
+
+def _looks_like_path(text: str) -> bool:
+    path = Path(text)
+    return path.suffix.lower() in STRUCTURE_SUFFIXES or path.name.upper().startswith(("POSCAR", "CONTCAR"))
+
+
+def _read(raw, Structure):
+    if isinstance(raw, Structure):
+        return raw
+    if isinstance(raw, dict):
+        return Structure.from_dict(raw)
+    if not isinstance(raw, (str, Path)):
+        raise InputError("crystal", f"expected a structure, a dict or a file path, got {type(raw).__name__}")
+    text = str(raw).strip()
+    if not text:
+        raise InputError("crystal", "empty structure")
+    if text.startswith("{"):
+        return Structure.from_dict(json.loads(text))
+    if "\n" not in text:
+        if not _looks_like_path(text):
+            raise InputError("crystal", f"{text[:60]!r} is neither a structure file (.cif, .vasp, .json, POSCAR) "
+                                        "nor CIF / POSCAR text")
+        if not Path(text).is_file():
+            raise InputError("crystal", f"no such structure file {text!r}")
+        return Structure.from_file(text)
+    return Structure.from_str(text, fmt="cif" if "_cell_length_a" in text else "poscar")
+
+
+@dataclass
+class CrystalGraph:
+    z: np.ndarray         # [n_atoms] atomic numbers
+    center: np.ndarray    # [n_edges] receiving atom
+    neighbor: np.ndarray  # [n_edges] sending atom (a periodic image of it)
+    distance: np.ndarray  # [n_edges] Å
+
+
+def neighbor_graph(structure, cutoff: float, max_neighbors: int) -> CrystalGraph:
+    """Each atom's ``max_neighbors`` nearest neighbours within ``cutoff`` Å, periodic images included."""
+    center, neighbor, _, distance = structure.get_neighbor_list(r=cutoff)
+    order = np.lexsort((distance, center))
+    center, neighbor, distance = center[order], neighbor[order], distance[order]
+    rank = np.arange(len(center)) - np.searchsorted(center, center)  # position within each atom's list
+    keep = rank < max_neighbors
+    z = np.array([site.specie.Z for site in structure], dtype=np.int64)
+    return CrystalGraph(z, center[keep].astype(np.int64), neighbor[keep].astype(np.int64),
+                        distance[keep].astype(np.float32))
+
+
+def collate_graphs(graphs: list[CrystalGraph | None]) -> dict:
+    present = [(i, g) for i, g in enumerate(graphs) if g is not None]
+    sizes = np.array([len(g.z) for _, g in present], dtype=np.int64)
+    starts = np.cumsum(sizes) - sizes
+    return {
+        "z": concat([g.z for _, g in present], np.int64),
+        "center": concat([g.center + s for (_, g), s in zip(present, starts)], np.int64),
+        "neighbor": concat([g.neighbor + s for (_, g), s in zip(present, starts)], np.int64),
+        "distance": concat([g.distance for _, g in present], np.float32),
+        **token_index([i for i, _ in present], sizes, len(graphs)),
+    }
+
+
+class GaussianDistance(nn.Module):
+    def __init__(self, cutoff: float, n: int):
+        super().__init__()
+        self.register_buffer("centers", torch.linspace(0, cutoff, n), persistent=False)
+        self.gamma = (n / cutoff) ** 2
+
+    def forward(self, d: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-self.gamma * (d.unsqueeze(-1) - self.centers) ** 2)
+
+
+class CGConv(nn.Module):
+    """v_i <- softplus(v_i + BN(sum_j sigmoid(W_f z_ij) * softplus(W_s z_ij))), z_ij = [v_i, v_j, e_ij]."""
+
+    def __init__(self, dim: int, edge_dim: int):
+        super().__init__()
+        self.lin = nn.Linear(2 * dim + edge_dim, 2 * dim)
+        self.norm_edge, self.norm_out = nn.BatchNorm1d(2 * dim), nn.BatchNorm1d(dim)
+
+    def forward(self, v, center, neighbor, e):
+        gate, core = self.norm_edge(self.lin(torch.cat([v[center], v[neighbor], e], -1))).chunk(2, -1)
+        messages = torch.sigmoid(gate) * F.softplus(core)
+        summed = torch.zeros_like(v).index_add_(0, center, messages)
+        return F.softplus(v + self.norm_out(summed))
+
+
+@register_encoder("crystal-cgcnn")
+class CrystalCGCNN(nn.Module):
+    def __init__(self, *, dim: int = 128, layers: int = 3, cutoff: float = 8.0, max_neighbors: int = 12,
+                 gaussians: int = 40):
+        super().__init__()
+        self.out_dim, self.cutoff, self.max_neighbors = dim, cutoff, max_neighbors
+        self.embed = nn.Embedding(119, dim)
+        self.expand = GaussianDistance(cutoff, gaussians)
+        self.convs = nn.ModuleList(CGConv(dim, gaussians) for _ in range(layers))
+
+    def featurize(self, raw) -> CrystalGraph:
+        return neighbor_graph(parse_structure(raw), self.cutoff, self.max_neighbors)
+
+    @staticmethod
+    def collate(graphs: list[CrystalGraph | None]) -> dict:
+        return collate_graphs(graphs)
+
+    def forward(self, batch: dict) -> Tokens:
+        v, e = self.embed(batch["z"]), self.expand(batch["distance"])
+        for conv in self.convs:
+            v = conv(v, batch["center"], batch["neighbor"], e)
+        return pad_tokens(v, batch["row"], batch["pos"], batch["size"])
+
+
+@dataclass
+class AtomFeatures:
+    z: np.ndarray         # [n_atoms] atomic numbers
+    features: np.ndarray  # [n_atoms, 64] CHGNet atom features, float32
+
+
+@functools.cache
+def chgnet_backbone(version: str):
+    """The pretrained CHGNet that ships inside the chgnet wheel, loaded once per process, on the CPU."""
+    with contextlib.redirect_stdout(io.StringIO()):  # CHGNet prints its parameter count when it loads
+        from chgnet.model import CHGNet
+
+        model = CHGNet.load(model_name=version, use_device="cpu", verbose=False)
+    return model.eval().requires_grad_(False)
+
+
+@register_encoder("crystal-chgnet")
+class CrystalCHGNet(nn.Module):
+    """Transfer from CHGNet 0.3.0 (Deng et al. 2023, trained on the Materials Project trajectories).
+
+    The backbone is frozen: its per-atom features are computed at featurization (and so cached with the
+    data set), and only the adapter below is trained and saved. The artifact records the backbone's package
+    and version, and loading rebuilds it from the installed wheel.
+    """
+
+    def __init__(self, *, version: str = "0.3.0", dim: int = 128, layers: int = 2, dropout: float = 0.0):
+        super().__init__()
+        from importlib.metadata import version as package_version
+
+        self.version, self.out_dim = version, dim
+        self.backbone = f"chgnet=={package_version('chgnet')} CHGNet {version} (frozen, not in the weights)"
+        self.embed = nn.Embedding(119, dim)
+        self.adapter = nn.Sequential(nn.Linear(64, dim), *[
+            m for _ in range(layers - 1) for m in (nn.SiLU(), nn.Dropout(dropout), nn.Linear(dim, dim))])
+
+    def featurize(self, raw) -> AtomFeatures:
+        structure = parse_structure(raw)
+        model = chgnet_backbone(self.version)
+        try:
+            graph = model.graph_converter(structure)
+            with torch.inference_mode():
+                features = model([graph], task="e", return_atom_feas=True)["atom_fea"][0]
+        except Exception as err:  # CHGNet raises ValueError, KeyError or RuntimeError for what it cannot take
+            raise InputError("crystal", f"CHGNet cannot take this structure: {err}") from None
+        z = np.array([site.specie.Z for site in structure], dtype=np.int64)
+        return AtomFeatures(z, features.numpy().astype(np.float32))
+
+    @staticmethod
+    def collate(items: list[AtomFeatures | None]) -> dict:
+        present = [(i, a) for i, a in enumerate(items) if a is not None]
+        return {
+            "z": concat([a.z for _, a in present], np.int64),
+            "features": concat([a.features for _, a in present], np.float32, 64),
+            **token_index([i for i, _ in present], [len(a.z) for _, a in present], len(items)),
+        }
+
+    def forward(self, batch: dict) -> Tokens:
+        h = self.adapter(batch["features"]) + self.embed(batch["z"])
+        return pad_tokens(h, batch["row"], batch["pos"], batch["size"])

@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+
+from encoders import InputError
+from encoders.composition import CompositionEncoder
+from encoders.crystal import CrystalCGCNN, parse_structure
+from tests.conftest import ROOT
+
+CIFS = sorted((ROOT / "examples" / "crystals").glob("*.cif"))
+
+
+def test_example_cifs_parse_to_textbook_cells():
+    formulas = {p.stem: parse_structure(str(p)).composition.reduced_formula for p in CIFS}
+    assert formulas == {"BaTiO3": "BaTiO3", "NaCl": "NaCl", "Si": "Si", "SrTiO3": "SrTiO3"}
+
+
+def test_structure_accepted_as_object_dict_json_cif_and_poscar_text():
+    s = parse_structure(str(ROOT / "examples" / "crystals" / "NaCl.cif"))
+    for raw in (s, s.as_dict(), s.to_json(), s.to(fmt="cif"), s.to(fmt="poscar")):
+        assert parse_structure(raw).composition == s.composition
+
+
+@pytest.mark.parametrize("raw, why", [
+    ("data_x\n_cell_length_a 3\nloop_\n", "cannot read structure"),
+    ("missing.cif", "no such structure file"),
+    ("NaCl", "neither a structure file"),
+    ({"sites": []}, "missing key 'lattice'"),
+    (Structure(Lattice.cubic(3.0), [], []), "no sites"),
+    (Structure(Lattice.cubic(3.6), [{"Cu": 0.5, "Au": 0.5}], [[0, 0, 0]]), "disordered structure"),
+    (7, "got int"),
+])
+def test_bad_structures_are_input_errors(raw, why):
+    with pytest.raises(InputError, match=why) as err:
+        CrystalCGCNN().featurize(raw)
+    assert err.value.modality == "crystal"
+
+
+def test_cgcnn_neighbour_graph_respects_cutoff_and_max_neighbours():
+    encoder = CrystalCGCNN(dim=16, cutoff=4.0, max_neighbors=6)
+    g = encoder.featurize(str(ROOT / "examples" / "crystals" / "NaCl.cif"))
+    assert sorted(g.z.tolist()) == [11, 17]
+    assert np.bincount(g.center).tolist() == [6, 6]          # octahedral rock-salt neighbours
+    assert np.allclose(g.distance, 2.82, atol=0.01)           # a / 2
+
+
+def test_cgcnn_tokens_masks_and_cell_choice_invariance():
+    encoder = CrystalCGCNN(dim=16).eval()
+    nacl = parse_structure(str(ROOT / "examples" / "crystals" / "NaCl.cif"))
+    conventional = nacl.copy()
+    conventional.make_supercell([2, 2, 2])
+    tokens = encoder(encoder.collate([encoder.featurize(nacl), None, encoder.featurize(conventional)]))
+    assert tokens.mask.sum(1).tolist() == [2, 0, 16]
+    # The same crystal in a bigger cell gives the same per-atom features (a periodic graph, not a molecule).
+    small = tokens.x[0, :2].sort(0).values
+    big = tokens.x[2, :16].detach().unique(dim=0).sort(0).values
+    torch.testing.assert_close(small, big, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("raw, why", [
+    ("Xx2O", "unknown element 'Xx'"), ("G1128Ga1As0.1P0.9", "unknown element 'G'"),
+    ("Fe2O3)", "cannot parse formula"), ("", "empty formula"), (3, "got int"),
+])
+def test_bad_formulas_are_input_errors(raw, why):
+    with pytest.raises(InputError, match=why):
+        CompositionEncoder.featurize(raw)
+
+
+def test_composition_tokens_are_fractional_and_order_free():
+    encoder = CompositionEncoder(dim=16, layers=1).eval()
+    a, b = CompositionEncoder.featurize("Fe2O3"), CompositionEncoder.featurize("O6Fe4")
+    assert a.z.tolist() == [8, 26] and np.allclose(a.fraction, [0.6, 0.4])
+    tokens = encoder(encoder.collate([a, None, b]))
+    assert tokens.mask.sum(1).tolist() == [2, 0, 2]
+    assert torch.isfinite(tokens.x).all()
+    torch.testing.assert_close(tokens.x[0], tokens.x[2])
+
+
+def test_composition_of_a_structure_equals_its_formula():
+    cif = str(ROOT / "examples" / "crystals" / "SrTiO3.cif")
+    from_cif = CompositionEncoder.featurize(cif)
+    from_dict = CompositionEncoder.featurize(parse_structure(cif).as_dict())
+    from_formula = CompositionEncoder.featurize("SrTiO3")
+    for got in (from_cif, from_dict):
+        assert got.z.tolist() == from_formula.z.tolist() and np.allclose(got.fraction, from_formula.fraction)
+
+
+def test_chgnet_transfer_gives_pretrained_atom_features_for_the_example_cells():
+    from encoders.crystal import CrystalCHGNet
+
+    encoder = CrystalCHGNet(dim=16).eval()
+    feats = [encoder.featurize(str(p)) for p in CIFS]
+    assert [len(f.z) for f in feats] == [5, 2, 2, 5]           # BaTiO3, NaCl (primitive), Si, SrTiO3
+    assert all(f.features.shape[1] == 64 and np.isfinite(f.features).all() for f in feats)
+    # Pretrained features tell Na from Cl and Ba from Sr even before any training here.
+    nacl = feats[1].features
+    assert not np.allclose(nacl[0], nacl[1])
+    tokens = encoder(encoder.collate(feats[:2] + [None]))
+    assert tokens.mask.sum(1).tolist() == [5, 2, 0]
+    assert "chgnet==" in encoder.backbone and not any("backbone" in k for k in encoder.state_dict())
+    with pytest.raises(InputError, match="disordered"):
+        encoder.featurize(Structure(Lattice.cubic(3.6), [{"Cu": 0.5, "Au": 0.5}], [[0, 0, 0]]))
