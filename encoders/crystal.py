@@ -161,7 +161,7 @@ class CrystalCGCNN(nn.Module):
 @dataclass
 class AtomFeatures:
     z: np.ndarray         # [n_atoms] atomic numbers
-    features: np.ndarray  # [n_atoms, 64] CHGNet atom features, float32
+    features: np.ndarray  # [n_atoms, 128] CHGNet atom features (two layers of 64), float32
 
 
 @functools.cache
@@ -190,27 +190,40 @@ class CrystalCHGNet(nn.Module):
         self.version, self.out_dim = version, dim
         self.backbone = f"chgnet=={package_version('chgnet')} CHGNet {version} (frozen, not in the weights)"
         self.embed = nn.Embedding(119, dim)
-        self.adapter = nn.Sequential(nn.Linear(64, dim), *[
+        self.adapter = nn.Sequential(nn.Linear(128, dim), *[
             m for _ in range(layers - 1) for m in (nn.SiLU(), nn.Dropout(dropout), nn.Linear(dim, dim))])
 
     def featurize(self, raw) -> AtomFeatures:
         structure = parse_structure(raw)
+        beyond = [site.specie for site in structure if site.specie.Z > 94]
+        if beyond:
+            raise InputError("crystal", f"element {beyond[0]} is beyond the 94 elements CHGNet was trained on")
         model = chgnet_backbone(self.version)
+        last = {}
+        hook = model.readout_norm.register_forward_hook(lambda module, args, out: last.setdefault("x", out))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # one small graph at a time: a second thread only spins (measured 10x slower)
         try:
             graph = model.graph_converter(structure)
             with torch.inference_mode():
-                features = model([graph], task="e", return_atom_feas=True)["atom_fea"][0]
-        except Exception as err:  # CHGNet raises ValueError, KeyError or RuntimeError for what it cannot take
-            raise InputError("crystal", f"CHGNet cannot take this structure: {err}") from None
+                penultimate = model([graph], task="e", return_atom_feas=True)["atom_fea"][0]
+        except Exception as err:  # CHGNet raises ValueError, RuntimeError or AttributeError for what it can't take
+            raise InputError("crystal", f"CHGNet cannot take this structure: {str(err).splitlines()[0]}") from None
+        finally:
+            hook.remove()
+            torch.set_num_threads(threads)
+        # Both the features after CHGNet's third interaction block (its magnetic-moment input) and after the
+        # last one (its energy input): together they predicted formation energy best in a frozen-feature probe.
+        features = torch.cat([penultimate, last["x"]], -1).numpy().astype(np.float32)
         z = np.array([site.specie.Z for site in structure], dtype=np.int64)
-        return AtomFeatures(z, features.numpy().astype(np.float32))
+        return AtomFeatures(z, features)
 
     @staticmethod
     def collate(items: list[AtomFeatures | None]) -> dict:
         present = [(i, a) for i, a in enumerate(items) if a is not None]
         return {
             "z": concat([a.z for _, a in present], np.int64),
-            "features": concat([a.features for _, a in present], np.float32, 64),
+            "features": concat([a.features for _, a in present], np.float32, 128),
             **token_index([i for i, _ in present], [len(a.z) for _, a in present], len(items)),
         }
 

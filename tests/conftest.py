@@ -51,3 +51,9 @@ def esol_csv() -> Path:
     if not ESOL.is_file():
         pytest.skip(f"real data not here: {ESOL}")
     return ESOL
+
+
+@pytest.fixture(autouse=True)
+def private_zoo_home(tmp_path_factory, monkeypatch):
+    """Tests never read or write the user's model store or feature cache."""
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path_factory.mktemp("zoo-home")))

@@ -92,7 +92,7 @@ def test_chgnet_transfer_gives_pretrained_atom_features_for_the_example_cells():
     encoder = CrystalCHGNet(dim=16).eval()
     feats = [encoder.featurize(str(p)) for p in CIFS]
     assert [len(f.z) for f in feats] == [5, 2, 2, 5]           # BaTiO3, NaCl (primitive), Si, SrTiO3
-    assert all(f.features.shape[1] == 64 and np.isfinite(f.features).all() for f in feats)
+    assert all(f.features.shape[1] == 128 and np.isfinite(f.features).all() for f in feats)
     # Pretrained features tell Na from Cl and Ba from Sr even before any training here.
     nacl = feats[1].features
     assert not np.allclose(nacl[0], nacl[1])

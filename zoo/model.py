@@ -75,7 +75,7 @@ class ZooModel(nn.Module):
             except InputError as err:
                 raise InputError(err.modality, f"column {inp.column!r}: {err.why}") from None
         if len(empty) == len(features):
-            raise InputError("row", f"every input is empty ({', '.join(repr(c) for c in empty)})")
+            raise InputError("row", f"every input is empty ({', '.join(repr(c) for c in dict.fromkeys(empty))})")
         return features
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
