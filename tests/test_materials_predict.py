@@ -53,3 +53,13 @@ def test_materials_bandgap_reports_unknown_elements_per_row(tmp_path, capsys):
         out = list(csv.DictReader(f))
     assert [bool(r["error"]) for r in out] == [False, True, False]
     assert "unknown element 'Xx'" in out[1]["error"]
+
+
+def test_bundled_materials_models_predict_the_example_cells_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cifs = sorted(str(p) for p in CRYSTALS.glob("*.cif"))
+    energies = zoo.load("materials-property").predict([{"structure": c} for c in cifs])
+    assert len(energies) == 4 and all(math.isfinite(e["e_form"]) for e in energies)
+    gaps = zoo.load("materials-bandgap").predict([{"composition": f} for f in ("GaAs", "Cu", "Si")])
+    assert all(math.isfinite(g["gap"]) for g in gaps)
+    assert gaps[1]["gap"] < gaps[0]["gap"]          # copper is a metal, gallium arsenide a semiconductor
