@@ -115,7 +115,7 @@ def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu") -
 
 def resolve_weights(spec: TaskSpec) -> Path:
     """Where a registry task's weights are: explicit folder > local store > bundled > hf:// (when online)."""
-    if spec.weights not in ("bundled",) and not spec.weights.startswith("hf://"):
+    if spec.weights != "bundled" and not spec.weights.startswith("hf://"):
         return Path(spec.weights).expanduser()
     for candidate in (zoo_home() / spec.name, BUNDLED / spec.name):
         if (candidate / "config.yaml").is_file():
