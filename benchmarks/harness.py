@@ -25,10 +25,12 @@ import torch
 
 import zoo
 from tasks import METRICS
+from tasks.metrics import tag_sequences
+from tasks.ner import entity_scores
 from zoo.artifacts import BUNDLED, sha256_file, versions
 from zoo.model import ZooModel
 from zoo.registry import TaskSpec, parse_overrides
-from zoo.tables import read_rows
+from zoo.tables import read_dataset
 
 HERE = Path(__file__).resolve().parent
 
@@ -65,6 +67,17 @@ def parity_plot(runs: list[dict], path: Path, spec: TaskSpec, title: str) -> Non
     plt.close(fig)
 
 
+def detail(model: ZooModel, predictions: dict) -> dict:
+    """What a task family reports beyond its metric: per entity type scores for tagging."""
+    if model.spec.head.type != "token-classification":
+        return {}
+    names = dict(enumerate(model.head.labels))
+    rename = lambda rows: [[t if t == "O" else f"{t[:2]}{names[int(t[2:])]}" for t in r] for r in rows]
+    gold, pred = rename(tag_sequences(predictions["true"])), rename(tag_sequences(predictions["pred"]))
+    pred = [p[: len(g)] + ["O"] * (len(g) - len(p)) for g, p in zip(gold, pred)]
+    return {"test_per_type": entity_scores(gold, pred)}
+
+
 def git_commit() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE,
@@ -93,10 +106,15 @@ def main(task: str, doc: str, variants: dict[str, dict] | None = None, seed_name
     if not data.is_file():
         print(f"no data at {data}; pass --data or set ZOO_DATA", file=sys.stderr)
         return 2
-    rows = read_rows(data)
+    rows = read_dataset(data, spec.data.reader)
     data_sha = sha256_file(data)
     if spec.data.sha256 and data_sha != spec.data.sha256:
         print(f"warning: {data} sha256 {data_sha} differs from the registry's {spec.data.sha256}", file=sys.stderr)
+    test = {}
+    if spec.data.test_file:
+        test_path = data.parent / spec.data.test_file
+        test = {"test_rows": read_dataset(test_path, spec.data.test_reader or spec.data.reader),
+                "test_sha256": sha256_file(test_path)}
 
     runs, rates, work = [], {}, Path(tempfile.mkdtemp(prefix="scizoo-bench-"))
     for variant, overrides in chosen.items():
@@ -106,13 +124,19 @@ def main(task: str, doc: str, variants: dict[str, dict] | None = None, seed_name
         for seed in args.seeds or spec.data.seeds:
             seed_spec = zoo.info(task, overrides={**base, **overrides, "train.seed": seed})
             start = time.perf_counter()
-            _, m = zoo.Trainer(seed_spec, out=work / f"{variant}-{seed}").fit(rows, data_sha256=data_sha)
+            model, m = zoo.Trainer(seed_spec, out=work / f"{variant}-{seed}").fit(rows, data_sha256=data_sha, **test)
             wall = time.perf_counter() - start
+            weights_mb = (work / f"{variant}-{seed}" / "model.safetensors").stat().st_size / 1e6
             runs.append({"variant": variant, "seed": seed, "val": m["val"], "test": m["test"],
                          "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"], "wall_s": round(wall, 1),
+                         "weights_mb": round(weights_mb, 2), **detail(model, m["test_predictions"]),
                          "test_true": m["test_predictions"]["true"], "test_pred": m["test_predictions"]["pred"]})
             print(f"[{variant}] {seed_name} {seed}: test {spec.metric.upper()} {m['test'][spec.metric]:.4f} "
-                  f"(val {m['val'][spec.metric]:.4f}, best epoch {m['best_epoch']}, {wall:.0f} s)")
+                  f"(val {m['val'][spec.metric]:.4f}, best epoch {m['best_epoch']}, {wall:.0f} s, "
+                  f"weights {weights_mb:.1f} MB)")
+            if "test_per_type" in runs[-1]:
+                print(f"[{variant}] per type: " + ", ".join(
+                    f"{t} F1 {v['f1']:.3f}" for t, v in runs[-1]["test_per_type"].items()))
 
     print(f"\n{'model':<34} test {spec.metric.upper()}")
     summary_by_variant = {}
@@ -127,20 +151,21 @@ def main(task: str, doc: str, variants: dict[str, dict] | None = None, seed_name
 
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    parity_plot(runs, results / f"{task}-parity.png", spec, f"{task}: test sets")
+    if spec.head.type == "regression":
+        parity_plot(runs, results / f"{task}-parity.png", spec, f"{task}: test sets")
     first = next(iter(chosen))
     summary = {
         "task": task, "metric": spec.metric, "split": f"{spec.data.split} {list(spec.data.fractions)}",
         "data": data.name, "data_sha256": data_sha,
         "mean": summary_by_variant[first]["mean"], "std": summary_by_variant[first]["std"],
         "variants": summary_by_variant,
-        "runs": [{k: v for k, v in r.items() if not k.startswith("test_")} | {"test": r["test"]} for r in runs],
+        "runs": [{k: v for k, v in r.items() if k not in ("test_true", "test_pred")} for r in runs],
         "references": {k: v.model_dump() for k, v in spec.references.items()},
         "overrides": {"all": args.set, **{k: v for k, v in chosen.items()}},
         "versions": versions(), "git_commit": git_commit(),
     }
     (results / f"{task}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {results / f'{task}.json'} and {results / f'{task}-parity.png'}")
+    print(f"wrote {results / f'{task}.json'}")
 
     if args.bundle:
         sign = -1 if METRICS[spec.metric].higher_is_better else 1

@@ -12,6 +12,7 @@ from encoders.base import Tokens
 class Fused:
     pooled: torch.Tensor               # [B, D]
     tokens: dict[str, torch.Tensor]    # name -> [B, T, D], the modality tokens as the fusion saw them
+    masks: dict[str, torch.Tensor]     # name -> [B, T], True where a token is real
 
 
 def drop_modalities(inputs: dict[str, Tokens], p: float) -> dict[str, Tokens]:

@@ -56,4 +56,4 @@ class CrossAttentionFusion(nn.Module):
         for cross, self_attn in zip(self.cross, self.self_attn):
             z = cross(z, kv, kv_mask)
             z = self_attn(z, z)
-        return Fused(pooled=self.norm(z).mean(1), tokens=tokens)
+        return Fused(pooled=self.norm(z).mean(1), tokens=tokens, masks={n: t.mask for n, t in inputs.items()})

@@ -26,4 +26,4 @@ class MeanFusion(nn.Module):
         if not (present.sum(1) > 0).all():
             raise ValueError("a row reached the fusion with no modality present; reject it before the model")
         pooled = (means * present).sum(1) / present.sum(1)
-        return Fused(pooled=self.out(pooled), tokens={n: t.x for n, t in inputs.items()})
+        return Fused(pooled=self.out(pooled), tokens={n: t.x for n, t in inputs.items()}, masks={n: t.mask for n, t in inputs.items()})

@@ -1,7 +1,9 @@
-"""Task heads. ``forward`` gives the raw output (standardised values or logits), ``loss`` compares it with
-targets while ignoring missing ones, and ``decode`` turns it into the user's units."""
+"""Task heads. ``read_targets`` turns table rows into a float array (NaN where missing), ``forward`` gives the
+raw output (standardised values, logits or embeddings), ``loss`` compares it with targets while ignoring
+missing ones, ``decode`` turns it into the user's units and ``describe`` into one row's output columns."""
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -10,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fusion.common import Fused
+from tasks.ner import spans, tag_names
 
 
 def _mlp(dim: int, hidden: int, out: int, dropout: float) -> nn.Sequential:
@@ -20,15 +23,45 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-class RegressionHead(nn.Module):
+def scalar_targets(rows: list[dict], columns: list[str]) -> np.ndarray:
+    """Targets [N, n_columns] as float, NaN where missing or not a number."""
+    out = np.full((len(rows), len(columns)), np.nan)
+    for i, row in enumerate(rows):
+        for j, column in enumerate(columns):
+            try:
+                out[i, j] = float(row.get(column))
+            except (TypeError, ValueError):
+                pass
+    return out
+
+
+class _ScalarOutputs:
+    """Shared by heads with one number per target: read from columns, described as ``{target: value}``."""
+
+    targets: list[str]
+    columns: list[str]
+
+    def read_targets(self, rows: list[dict]) -> np.ndarray:
+        return scalar_targets(rows, self.columns)
+
+    @property
+    def outputs(self) -> list[str]:
+        return self.targets
+
+    def describe(self, value: np.ndarray, features: dict) -> dict:
+        return dict(zip(self.targets, map(float, value)))
+
+
+class RegressionHead(_ScalarOutputs, nn.Module):
     """Regression on standardised targets; the training set's mean and std are saved with the weights.
 
     ``loss: l1`` suits data scored by MAE with many exact values (band gaps of metals are all 0 eV)."""
 
-    def __init__(self, dim: int, *, targets: list[str], hidden: int = 256, dropout: float = 0.0,
+    def __init__(self, dim: int, *, targets: dict[str, str], hidden: int = 256, dropout: float = 0.0,
                  loss: Literal["mse", "l1"] = "mse"):
         super().__init__()
-        self.targets, self.loss_fn = list(targets), {"mse": F.mse_loss, "l1": F.l1_loss}[loss]
+        self.targets, self.columns = list(targets), list(targets.values())
+        self.loss_fn = {"mse": F.mse_loss, "l1": F.l1_loss}[loss]
         self.mlp = _mlp(dim, hidden, len(self.targets), dropout)
         self.register_buffer("mean", torch.zeros(len(self.targets)))
         self.register_buffer("std", torch.ones(len(self.targets)))
@@ -49,12 +82,12 @@ class RegressionHead(nn.Module):
         return raw * self.std + self.mean
 
 
-class MultiLabelHead(nn.Module):
+class MultiLabelHead(_ScalarOutputs, nn.Module):
     """Independent binary labels (one logit each), as in Tox21 or SIDER; decodes to probabilities."""
 
-    def __init__(self, dim: int, *, targets: list[str], hidden: int = 256, dropout: float = 0.0):
+    def __init__(self, dim: int, *, targets: dict[str, str], hidden: int = 256, dropout: float = 0.0):
         super().__init__()
-        self.targets = list(targets)
+        self.targets, self.columns = list(targets), list(targets.values())
         self.mlp = _mlp(dim, hidden, len(self.targets), dropout)
 
     def fit(self, y: np.ndarray) -> None:
@@ -72,4 +105,100 @@ class MultiLabelHead(nn.Module):
         return torch.sigmoid(raw)
 
 
-HEADS = {"regression": RegressionHead, "multilabel": MultiLabelHead}
+class TokenClassificationHead(nn.Module):
+    """IOB2 tags for each token of one input (words, for NER). The target column holds a list of tag
+    strings per row; positions without a token come out NaN, so they are neither scored nor trained."""
+
+    def __init__(self, dim: int, *, targets: dict[str, str], labels: list[str], input: str | None = None,
+                 dropout: float = 0.1):
+        super().__init__()
+        self.targets, self.column, self.input = list(targets), next(iter(targets.values())), input
+        self.outputs = ["entities", "warning"]
+        self.tags = tag_names(labels)
+        self.labels = list(labels)
+        self.classify = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, len(self.tags)))
+
+    def read_targets(self, rows: list[dict]) -> np.ndarray:
+        index = {t: i for i, t in enumerate(self.tags)}
+        sequences = [row.get(self.column) for row in rows]
+        out = np.full((len(rows), max((len(s) for s in sequences if isinstance(s, list)), default=1)), np.nan)
+        for i, tags in enumerate(sequences):
+            if isinstance(tags, list) and all(t in index for t in tags):
+                out[i, : len(tags)] = [index[t] for t in tags]
+        return out
+
+    def fit(self, y: np.ndarray) -> None:
+        pass
+
+    def _tokens(self, fused: Fused) -> tuple[torch.Tensor, torch.Tensor]:
+        name = self.input or next(iter(fused.tokens))
+        return fused.tokens[name], fused.masks[name]
+
+    def forward(self, fused: Fused) -> torch.Tensor:
+        x, mask = self._tokens(fused)
+        return self.classify(x).masked_fill(~mask.unsqueeze(-1), float("nan"))
+
+    def loss(self, raw: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        target, mask = target[:, : raw.shape[1]], mask[:, : raw.shape[1]]
+        raw, mask = raw[:, : target.shape[1]], mask & ~raw[:, : target.shape[1], 0].isnan()
+        return F.cross_entropy(raw[mask], target[mask].long())
+
+    def decode(self, raw: torch.Tensor) -> torch.Tensor:
+        return raw.argmax(-1).float().masked_fill(raw[..., 0].isnan(), float("nan"))
+
+    def describe(self, value: np.ndarray, features: dict) -> dict:
+        """Entity spans: word indices, and character offsets into the text where it was given as a string."""
+        text = features[self.input or next(iter(features))]
+        tags = [self.tags[int(t)] for t in value[~np.isnan(value)]]
+        entities = []
+        for first, last, kind in sorted(spans(tags)):
+            entity = {"type": kind, "first_word": first, "last_word": last}
+            if text.offsets[first, 0] >= 0:
+                entity |= {"start": int(text.offsets[first, 0]), "end": int(text.offsets[last, 1])}
+            entities.append(entity)
+        out = {"entities": entities}
+        if text.dropped_words:
+            out["warning"] = f"text: {text.dropped_words} words past the maximum length were not tagged"
+        return out
+
+
+class ContrastiveHead(nn.Module):
+    """Two inputs embedded into one space, trained with the symmetric InfoNCE loss (CLIP's): in a batch,
+    each query's own candidate is the positive and every other row's is a negative. The pair is the label,
+    so there is no target column; ``forward`` gives L2-normalised (query, candidate) embeddings [B, 2, E]."""
+
+    def __init__(self, dim: int, *, query: str, candidate: str, targets: dict[str, str] | None = None,
+                 embedding: int = 256, temperature: float = 0.07):
+        super().__init__()
+        self.targets, self.outputs, self.query, self.candidate = [], ["matches"], query, candidate
+        self.project = nn.ModuleDict({n: nn.Linear(dim, embedding) for n in (query, candidate)})
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)))
+
+    def read_targets(self, rows: list[dict]) -> np.ndarray:
+        return np.zeros((len(rows), 1))
+
+    def fit(self, y: np.ndarray) -> None:
+        pass
+
+    def embed(self, fused: Fused, name: str) -> torch.Tensor:
+        x, mask = fused.tokens[name], fused.masks[name].unsqueeze(-1)
+        pooled = (x * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return F.normalize(self.project[name](pooled), dim=-1)
+
+    def forward(self, fused: Fused) -> torch.Tensor:
+        return torch.stack([self.embed(fused, self.query), self.embed(fused, self.candidate)], 1)
+
+    def loss(self, raw: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        logits = self.log_scale.clamp(max=math.log(100)).exp() * raw[:, 0] @ raw[:, 1].T
+        labels = torch.arange(len(raw), device=raw.device)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+    def decode(self, raw: torch.Tensor) -> torch.Tensor:
+        return raw
+
+    def describe(self, value: np.ndarray, features: dict) -> dict:
+        return {}
+
+
+HEADS = {"regression": RegressionHead, "multilabel": MultiLabelHead, "token-classification": TokenClassificationHead,
+         "contrastive": ContrastiveHead}

@@ -11,7 +11,7 @@ from tests.conftest import TEXTBOOK
 
 
 def test_regression_loss_ignores_missing_targets_and_standardises():
-    head = RegressionHead(4, targets=["a", "b"])
+    head = RegressionHead(4, targets={"a": "a", "b": "b"})
     head.fit(np.array([[1.0, 10.0], [3.0, np.nan], [5.0, 30.0]]))
     assert head.mean.tolist() == [3.0, 20.0]
     raw = torch.zeros(2, 2)
@@ -23,11 +23,11 @@ def test_regression_loss_ignores_missing_targets_and_standardises():
 
 
 def test_multilabel_loss_masks_and_decodes_to_probabilities():
-    head = MultiLabelHead(4, targets=["x", "y"])
+    head = MultiLabelHead(4, targets={"x": "x", "y": "y"})
     raw = torch.tensor([[10.0, -3.0]])
     masked = head.loss(raw, torch.tensor([[1.0, 1.0]]), torch.tensor([[True, False]]))
     assert masked.item() < 1e-3
-    probs = head.decode(head(Fused(torch.randn(5, 4), {})))
+    probs = head.decode(head(Fused(torch.randn(5, 4), {}, {})))
     assert ((probs >= 0) & (probs <= 1)).all()
     with pytest.raises(ValueError):
         head.fit(np.array([[0.0], [2.0]]))

@@ -61,7 +61,7 @@ def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for package in ("scizoo", "torch", "rdkit", "numpy", "pymatgen", "chgnet"):
+    for package in ("scizoo", "torch", "rdkit", "numpy", "pymatgen", "chgnet", "transformers", "peft"):
         try:
             out[package] = version(package)
         except PackageNotFoundError:
@@ -72,7 +72,8 @@ def versions() -> dict[str, str]:
 def save(model: ZooModel, out: Path, metrics: dict, data_sha256: str | None = None) -> Path:
     out = Path(out)
     weights = out / "model.safetensors"
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    skip = model.pretrained_frozen()
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in skip}
     atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     atomic_write_text(out / "card.md", model_card(model.spec, metrics))
@@ -102,14 +103,15 @@ def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu") -
         raise ZooError(f"{weights}: sha256 does not match config.yaml (truncated or modified file)")
     model = ZooModel(spec)
     state = load_file(str(weights))
-    expected = model.state_dict()
+    rebuilt = model.pretrained_frozen()
+    expected = {k: v for k, v in model.state_dict().items() if k not in rebuilt}
     for key in sorted(set(expected) | set(state)):
         if key not in state or key not in expected:
             raise ZooError(f"{weights}: tensor {key!r} is {'missing' if key not in state else 'unexpected'}")
         if state[key].shape != expected[key].shape:
             raise ZooError(f"{weights}: tensor {key!r} has shape {tuple(state[key].shape)}, "
                            f"the model expects {tuple(expected[key].shape)}")
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=False)  # every key was checked above; the rest came with the backbone
     return model.to(device).eval()
 
 

@@ -1,7 +1,7 @@
 """On-disk cache of a data set's featurization, so a second run does not recompute slow features (CHGNet).
 
 Keyed by the inputs' encoder configs, the data file's sha256 and the package version. Features are
-dataclasses of numpy arrays; each field is stored concatenated with per-row lengths in an ``.npz`` read back
+dataclasses of numpy arrays (and ints); each field is stored concatenated with per-row lengths in an ``.npz`` read back
 with ``allow_pickle=False``, so a cache file can never run code.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ def save_features(path: Path, rows: list[dict], types: dict[str, type], extra: d
         items = [r[name] for r in rows]
         arrays[f"{name}/present"] = np.array([f is not None for f in items])
         for field in dataclasses.fields(cls):
-            values = [np.asarray(getattr(f, field.name)) for f in items if f is not None]
+            values = [np.atleast_1d(getattr(f, field.name)) for f in items if f is not None]
             arrays[f"{name}/{field.name}/len"] = np.array([len(v) for v in values], dtype=np.int64)
             arrays[f"{name}/{field.name}"] = np.concatenate(values) if values else np.zeros(0)
     atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
@@ -51,7 +51,8 @@ def load_features(path: Path, types: dict[str, type]) -> tuple[list[dict], dict[
         fields = {}
         for field in dataclasses.fields(cls):
             lengths = arrays.pop(f"{name}/{field.name}/len")
-            fields[field.name] = np.split(arrays.pop(f"{name}/{field.name}"), np.cumsum(lengths)[:-1])
+            parts = np.split(arrays.pop(f"{name}/{field.name}"), np.cumsum(lengths)[:-1])
+            fields[field.name] = [int(v[0]) for v in parts] if field.type in ("int", int) else parts
         values = iter(zip(*fields.values())) if fields else iter(())
         for i in range(n):
             rows[i][name] = cls(*next(values)) if present[i] else None

@@ -12,7 +12,7 @@ from encoders import ZooError
 from zoo.artifacts import load, resolve_weights, sha256_file
 from zoo.predict import predict_table
 from zoo.registry import load_registry, parse_overrides
-from zoo.tables import read_rows
+from zoo.tables import read_dataset
 from zoo.train import Trainer
 
 
@@ -51,8 +51,12 @@ def cmd_train(args) -> int:
     registry = load_registry(args.registry)
     spec = registry.task(args.task, parse_overrides(args.set))
     path = data_path(spec, args.data)
-    rows = read_rows(path)
-    _, metrics = Trainer(spec, out=Path(args.out)).fit(rows, data_sha256=sha256_file(path))
+    rows = read_dataset(path, spec.data.reader)
+    test = {}
+    if spec.data.test_file:  # a fixed test set, beside the training file unless given
+        test_path = Path(args.test_data) if args.test_data else path.parent / spec.data.test_file
+        test = {"test_rows": read_dataset(test_path, spec.data.test_reader or spec.data.reader), "test_sha256": sha256_file(test_path)}
+    _, metrics = Trainer(spec, out=Path(args.out)).fit(rows, data_sha256=sha256_file(path), **test)
     test = metrics.get("test", {}).get(spec.metric)
     print(f"{spec.name}: best epoch {metrics['best_epoch']}, val {spec.metric} {metrics['val'][spec.metric]:.4f}, "
           f"test {spec.metric} {test:.4f}; saved to {args.out}")
@@ -63,7 +67,7 @@ def cmd_predict(args) -> int:
     registry = load_registry(args.registry)
     model = load(args.task, registry)
     summary = predict_table(model, args.input, args.output, chunk_rows=args.chunk_rows,
-                            batch_size=args.batch_size)
+                            batch_size=args.batch_size, candidates=args.candidates, top=args.top)
     print(summary.line(), file=sys.stderr)
     return 1 if summary.rows and summary.n_failed == summary.rows else 0
 
@@ -83,6 +87,8 @@ def parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a task's model and save it as a folder")
     train.add_argument("task")
     train.add_argument("--data", help="the training table (default: $ZOO_DATA/<dataset>/<file>)")
+    train.add_argument("--test-data", help="the fixed test set, for tasks that have one (default: the registry's "
+                                          "test_file beside --data)")
     train.add_argument("--out", required=True, help="folder to write the trained model to")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a registry key, e.g. train.epochs=5 (repeatable)")
@@ -94,6 +100,8 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", help="where to write (same formats); default: CSV on stdout")
     predict.add_argument("--batch-size", type=int, default=256)
     predict.add_argument("--chunk-rows", type=int, default=4096, help="rows read and written at a time")
+    predict.add_argument("--candidates", help="retrieval tasks: the table of candidates to rank for each row")
+    predict.add_argument("--top", type=int, default=10, help="retrieval tasks: how many candidates to list")
     predict.set_defaults(run=cmd_predict)
     return p
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from encoders import InputError, Tokens, build_encoder
+from encoders import InputError, Tokens, ZooError, build_encoder
 from fusion import FUSIONS
 from tasks import HEADS
 from zoo.registry import TaskSpec
@@ -44,10 +44,23 @@ class ZooModel(nn.Module):
             {n: nn.Linear(self.encoders[i.encoder].out_dim, dim) for n, i in spec.inputs.items()}
         )
         self.fusion = FUSIONS[spec.fusion.type](list(spec.inputs), **spec.fusion.params)
-        self.head = HEADS[spec.head.type](dim, targets=list(spec.head.targets), **spec.head.params)
+        self.head = HEADS[spec.head.type](dim, targets=dict(spec.head.targets), **spec.head.params)
         for name, inp in spec.inputs.items():
+            encoder = self.encoders[inp.encoder]
             if inp.transfer == "frozen":
-                self.encoders[inp.encoder].requires_grad_(False)
+                encoder.requires_grad_(False)
+            elif inp.transfer in ("top-k", "lora"):
+                if not hasattr(encoder, "set_transfer"):
+                    raise ZooError(f"task {spec.name!r}: key 'inputs.{name}.transfer': encoder "
+                                   f"{inp.encoder!r} has no pretrained layers to {inp.transfer}")
+                encoder.set_transfer(inp.transfer, top_k=inp.top_k, lora_r=inp.lora.r, lora_alpha=inp.lora.alpha,
+                                     lora_dropout=inp.lora.dropout)
+
+    def pretrained_frozen(self) -> set[str]:
+        """Names of the frozen parameters of pretrained backbones: rebuilt from the installed package on load,
+        so not saved (a LoRA or frozen-backbone artifact holds only what was trained)."""
+        return {f"encoders.{e}.{k}" for e, enc in self.encoders.items() if hasattr(enc, "backbone")
+                for k, p in enc.named_parameters() if not p.requires_grad}
 
     @property
     def device(self) -> torch.device:
@@ -85,15 +98,8 @@ class ZooModel(nn.Module):
         }
 
     def targets(self, rows: list[dict]) -> np.ndarray:
-        """Targets [N, n_targets] as float, NaN where missing or not a number."""
-        out = np.full((len(rows), len(self.spec.head.targets)), np.nan)
-        for i, row in enumerate(rows):
-            for j, column in enumerate(self.spec.head.targets.values()):
-                try:
-                    out[i, j] = float(row.get(column))
-                except (TypeError, ValueError):
-                    pass
-        return out
+        """Targets as the head reads them: [N, ...] floats, NaN where missing or not usable."""
+        return self.head.read_targets(rows)
 
     # -- model -----------------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -104,20 +110,44 @@ class ZooModel(nn.Module):
         return self.head(self.fusion(tokens))
 
     @torch.no_grad()
-    def predict(self, rows: list[dict], batch_size: int = 256) -> list[dict[str, Any]]:
-        """Predictions per row in the head's units: ``{target: value}``, or ``{"error": why}`` for a bad row."""
+    def _run(self, rows: list[dict], batch_size: int):
+        """(errors {row: why}, then batches of (row indices, features, raw head output)) over ``rows``."""
         self.eval()
-        results: list[dict[str, Any]] = [{} for _ in rows]
-        good: list[tuple[int, dict]] = []
+        good, errors = [], {}
         for i, row in enumerate(rows):
             try:
                 good.append((i, self.featurize(row)))
             except InputError as err:
-                results[i] = {"error": str(err)}
+                errors[i] = str(err)
+        yield errors
         for start in range(0, len(good), batch_size):
             chunk = good[start : start + batch_size]
             batch = to_device(self.collate([f for _, f in chunk]), self.device)
-            values = self.head.decode(self(batch)).float().cpu().numpy()
-            for (i, _), v in zip(chunk, values):
-                results[i] = dict(zip(self.spec.head.targets, map(float, v)))
+            yield [i for i, _ in chunk], [f for _, f in chunk], self(batch)
+
+    def predict(self, rows: list[dict], batch_size: int = 256) -> list[dict[str, Any]]:
+        """Each row's output columns from the head (``{target: value}``, or entities), or ``{"error": why}``."""
+        run = self._run(rows, batch_size)
+        results: list[dict[str, Any]] = [{} for _ in rows]
+        for i, why in next(run).items():
+            results[i] = {"error": why}
+        for index, features, raw in run:
+            values = self.head.decode(raw).float().cpu().numpy()
+            for i, f, v in zip(index, features, values):
+                results[i] = self.head.describe(v, f)
         return results
+
+    def embed(self, rows: list[dict], side: str, batch_size: int = 256) -> tuple[np.ndarray, dict[int, str]]:
+        """A contrastive task's embeddings of one side (``head.query`` or ``head.candidate``) [N, E], NaN
+        for rows that failed, with {row: why} for those."""
+        if not hasattr(self.head, "query"):
+            raise ZooError(f"task {self.spec.name!r} has no embeddings to rank: its head is {self.spec.head.type}")
+        column = 0 if side == self.head.query else 1
+        run = self._run(rows, batch_size)
+        errors = next(run)
+        out = None
+        for index, _, raw in run:
+            values = raw[:, column].float().cpu().numpy()
+            out = np.full((len(rows), values.shape[1]), np.nan, np.float32) if out is None else out
+            out[index] = values
+        return (out if out is not None else np.zeros((len(rows), 0), np.float32)), errors

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model, field
 
 from encoders import ENCODERS, ZooError
 from fusion import FUSIONS
-from tasks import HEADS, METRICS, SPLITS
+from tasks import HEADS, METRICS, READERS, SPLITS
 
 BUILTIN_REGISTRY = Path(__file__).resolve().parent.parent / "registry.yaml"
 
@@ -39,26 +39,49 @@ class Component(BaseModel):
         return dict(self.model_extra or {})
 
 
+class LoraSpec(Spec):
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.1
+
+
 class InputSpec(Spec):
+    """A table column through an encoder. ``transfer`` says what of a pretrained encoder trains: all of it
+    (train), nothing (frozen), its last ``top_k`` layers (top-k) or a LoRA delta (lora); ``lr`` overrides
+    the task's learning rate for this encoder (a pretrained transformer wants a smaller one)."""
+
     column: str
     encoder: str
-    transfer: Literal["train", "frozen"] = "train"
+    transfer: Literal["train", "frozen", "top-k", "lora"] = "train"
+    top_k: int = 2
+    lora: LoraSpec = LoraSpec()
+    lr: float | None = None
 
 
 class HeadSpec(Component):
-    targets: dict[str, str]  # output name -> table column
+    targets: dict[str, str] = {}  # output name -> table column (none for a contrastive head: pairs are labels)
     unit: str | None = None
 
 
 class DataSpec(Spec):
     dataset: str                 # folder name under ZOO_DATA
     file: str                    # file inside that folder
+    test_file: str | None = None  # a fixed test set beside it; then ``file`` is split into train and val only
+    reader: str = "table"        # how the files are read: a table, or a corpus format (see tasks.READERS)
+    test_reader: str | None = None  # how test_file is read, where it differs
     source: str | None = None    # canonical public address
     sha256: str | None = None
     split: str = "random"
     split_key: str | None = None  # column a split groups by (scaffold: SMILES); default: the first input's
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seeds: list[int] = [0]
+
+    @field_validator("reader", "test_reader")
+    @classmethod
+    def _known_reader(cls, v: str | None) -> str | None:
+        if v is not None and v != "table" and v not in READERS:
+            raise ValueError(f"unknown reader {v!r}; known: table, {', '.join(READERS)}")
+        return v
 
     @field_validator("split")
     @classmethod
@@ -78,6 +101,7 @@ class TrainSpec(Spec):
     patience: int = 20           # epochs without a better validation metric before stopping
     grad_clip: float = 5.0
     seed: int = 0
+    bucket: bool = False         # batch rows of similar size together (less padding for text)
 
 
 class Reference(Spec):

@@ -17,6 +17,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from encoders import ZooError
+from tasks import READERS
 
 FORMATS = (".csv", ".parquet", ".jsonl")  # .csv.gz and .jsonl.gz are read too
 
@@ -60,6 +61,18 @@ def iter_table(path: str | Path, chunk_rows: int = 4096) -> Iterator[pa.RecordBa
 
 def read_rows(path: str | Path) -> list[dict]:
     return [row for batch in iter_table(path) for row in batch.to_pylist()]
+
+
+def read_dataset(path: str | Path, reader: str = "table") -> list[dict]:
+    """A task's data file: a table, or a corpus format the registry names (CoNLL, standoff JSONL, TSV)."""
+    if reader == "table":
+        return read_rows(path)
+    if not Path(path).is_file():
+        raise ZooError(f"{path}: no such file")
+    try:
+        return READERS[reader](path)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError) as err:
+        raise ZooError(f"{path}: cannot read as {reader} ({str(err).splitlines()[0]})") from None
 
 
 class TableWriter:

