@@ -103,5 +103,3 @@ def read_tsv(path: str | Path) -> list[dict]:
     with open(path, encoding="utf-8", newline="") as f:
         return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
 
-
-READERS = {"conll": read_conll, "standoff": read_standoff, "tsv": read_tsv}
