@@ -2,8 +2,10 @@ import csv
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -119,3 +121,24 @@ def test_readme_main_job_uses_bundled_weights_offline(tmp_path):
     by_name = {r["name"]: float(r["logS"]) for r in rows}
     # Chemistry a model trained on ESOL must get right: ethanol dissolves, hexachlorobenzene does not.
     assert by_name["ethanol"] > by_name["naphthalene"] > by_name["hexachlorobenzene"]
+
+
+def test_a_killed_predict_resumes_to_the_same_output(model_dir, tmp_path):
+    rows = [{"id": str(i), "smiles": TEXTBOOK[i % len(TEXTBOOK)] if i % 97 else "C1CC"} for i in range(30000)]
+    table = _write_csv(tmp_path / "big.csv", rows)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    run = lambda out, *extra: subprocess.Popen(
+        [sys.executable, "-m", "zoo", "predict", str(model_dir), "--input", str(table), "--output", str(out),
+         "--chunk-rows", "500", *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert run(tmp_path / "clean.csv").wait(timeout=300) == 0
+    killed = run(tmp_path / "out.csv")
+    parts = tmp_path / ".out.csv.parts"
+    while killed.poll() is None and len(list(parts.glob("part-*.arrow"))) < 10:
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL and not (tmp_path / "out.csv").exists()
+    done = len(list(parts.glob("part-*.arrow")))
+    assert 10 <= done < 60  # stopped halfway: the rerun has real work left
+    assert run(tmp_path / "out.csv", "--resume").wait(timeout=300) == 0
+    assert (tmp_path / "out.csv").read_bytes() == (tmp_path / "clean.csv").read_bytes()
+    assert not parts.exists()

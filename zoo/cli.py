@@ -3,17 +3,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
 from encoders import ZooError
-from zoo.artifacts import load, resolve_weights, sha256_file
+from zoo.artifacts import atomic_write_text, load, resolve_weights, sha256_file
+from zoo.distributed import process_group, rank_and_world
 from zoo.predict import predict_table
-from zoo.registry import load_registry, parse_overrides
+from zoo.registry import load_registry, parse_overrides, validate_task
 from zoo.tables import read_dataset
 from zoo.train import Trainer
+
+
+RUN_FILE = "run.yaml"  # what a training run was started with, so --resume needs nothing else
 
 
 def data_path(spec, given: str | None) -> Path:
@@ -48,26 +53,58 @@ def cmd_info(args) -> int:
 
 
 def cmd_train(args) -> int:
-    registry = load_registry(args.registry)
-    spec = registry.task(args.task, parse_overrides(args.set))
-    path = data_path(spec, args.data)
+    if args.devices > 1 and "WORLD_SIZE" not in os.environ:  # launch ourselves under torchrun
+        argv = [a for a in sys.argv[1:] if a != f"--devices={args.devices}"]
+        if "--devices" in argv:
+            i = argv.index("--devices")
+            argv = argv[:i] + argv[i + 2 :]
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.devices}",
+                   "-m", "zoo", *argv]
+        return subprocess.run(command).returncode
+    out = Path(args.out or args.resume or "")
+    if args.resume:  # the run's own record says which task entry and data it was
+        if not (out / RUN_FILE).is_file():
+            raise ZooError(f"{out}: nothing to resume (no {RUN_FILE}; was it trained with --out {out}?)")
+        run = yaml.safe_load((out / RUN_FILE).read_text())
+        spec, path, test_path = validate_task(run["task"]), Path(run["data"]), run["test_data"]
+    elif args.task and args.out:
+        spec = load_registry(args.registry).task(args.task, parse_overrides(args.set))
+        path = data_path(spec, args.data)
+        test_path = spec.data.test_file and str(Path(args.test_data) if args.test_data
+                                                else path.parent / spec.data.test_file)
+    else:
+        raise ZooError("zoo train needs a TASK and --out DIR, or --resume DIR")
     rows = read_dataset(path, spec.data.reader)
     test = {}
-    if spec.data.test_file:  # a fixed test set, beside the training file unless given
-        test_path = Path(args.test_data) if args.test_data else path.parent / spec.data.test_file
-        test = {"test_rows": read_dataset(test_path, spec.data.test_reader or spec.data.reader), "test_sha256": sha256_file(test_path)}
-    _, metrics = Trainer(spec, out=Path(args.out)).fit(rows, data_sha256=sha256_file(path), **test)
-    test = metrics.get("test", {}).get(spec.metric)
-    print(f"{spec.name}: best epoch {metrics['best_epoch']}, val {spec.metric} {metrics['val'][spec.metric]:.4f}, "
-          f"test {spec.metric} {test:.4f}; saved to {args.out}")
+    if test_path:  # a fixed test set, beside the training file unless given
+        test = {"test_rows": read_dataset(test_path, spec.data.test_reader or spec.data.reader),
+                "test_sha256": sha256_file(test_path)}
+    with process_group():
+        if not args.resume and int(os.environ.get("RANK", 0)) == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            run = {"task": spec.model_dump(mode="json"), "data": str(path.resolve()),
+                   "test_data": test_path and str(Path(test_path).resolve())}
+            atomic_write_text(out / RUN_FILE, yaml.safe_dump(run, sort_keys=False))
+        _, metrics = Trainer(spec, out=out).fit(rows, data_sha256=sha256_file(path), resume=bool(args.resume),
+                                                **test)
+    if int(os.environ.get("RANK", 0)) == 0:
+        score = metrics.get("test", {}).get(spec.metric)
+        print(f"{spec.name}: best epoch {metrics['best_epoch']}, val {spec.metric} "
+              f"{metrics['val'][spec.metric]:.4f}, test {spec.metric} {score:.4f}; saved to {out}")
     return 0
 
 
 def cmd_predict(args) -> int:
     registry = load_registry(args.registry)
     model = load(args.task, registry)
-    summary = predict_table(model, args.input, args.output, chunk_rows=args.chunk_rows,
-                            batch_size=args.batch_size, candidates=args.candidates, top=args.top)
+    if args.resume and not args.output:
+        raise ZooError("--resume needs --output: it continues the parts an interrupted run left beside it")
+    with process_group():
+        summary = predict_table(model, args.input, args.output, chunk_rows=args.chunk_rows,
+                                batch_size=args.batch_size, candidates=args.candidates, top=args.top,
+                                resume=args.resume)
+        if rank_and_world()[0]:
+            return 0  # rank 0 joined the output and reports for all
     print(summary.line(), file=sys.stderr)
     return 1 if summary.rows and summary.n_failed == summary.rows else 0
 
@@ -85,11 +122,14 @@ def parser() -> argparse.ArgumentParser:
     info.set_defaults(run=cmd_info)
 
     train = sub.add_parser("train", help="train a task's model and save it as a folder")
-    train.add_argument("task")
+    train.add_argument("task", nargs="?", help="a registry task (not needed with --resume)")
     train.add_argument("--data", help="the training table (default: $ZOO_DATA/<dataset>/<file>)")
     train.add_argument("--test-data", help="the fixed test set, for tasks that have one (default: the registry's "
                                           "test_file beside --data)")
-    train.add_argument("--out", required=True, help="folder to write the trained model to")
+    train.add_argument("--out", help="folder to write the trained model (and its checkpoints) to")
+    train.add_argument("--resume", metavar="DIR", help="continue the run killed in DIR from its last checkpoint")
+    train.add_argument("--devices", type=int, default=1,
+                       help="processes to train on (GPUs, or CPU processes): launches torchrun itself")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a registry key, e.g. train.epochs=5 (repeatable)")
     train.set_defaults(run=cmd_train)
@@ -102,6 +142,8 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--chunk-rows", type=int, default=4096, help="rows read and written at a time")
     predict.add_argument("--candidates", help="retrieval tasks: the table of candidates to rank for each row")
     predict.add_argument("--top", type=int, default=10, help="retrieval tasks: how many candidates to list")
+    predict.add_argument("--resume", action="store_true",
+                         help="keep the chunks an interrupted run into the same --output finished")
     predict.set_defaults(run=cmd_predict)
     return p
 

@@ -6,6 +6,7 @@ The output file appears only when complete (written under a temporary name, then
 from __future__ import annotations
 
 import itertools
+import shutil
 import json
 import sys
 from dataclasses import dataclass, field
@@ -17,8 +18,9 @@ from tqdm.auto import tqdm
 
 from encoders import ZooError
 from zoo.artifacts import atomic_write
+from zoo.distributed import barrier, rank_and_world
 from zoo.model import ZooModel
-from zoo.tables import TableWriter, iter_table, read_rows
+from zoo.tables import TableWriter, iter_table, read_rows, table_format
 
 
 @dataclass
@@ -26,6 +28,15 @@ class Summary:
     rows: int = 0
     n_failed: int = 0
     failed: list[tuple[int, str]] = field(default_factory=list)  # (row number, reason) of the first few
+
+    def add(self, table: pa.Table) -> None:
+        """Count a predicted chunk's rows and note the first few failures."""
+        for offset, why in enumerate(table.column("error").to_pylist()):
+            if why is not None:
+                self.n_failed += 1
+                if len(self.failed) < 5:
+                    self.failed.append((self.rows + offset, why))
+        self.rows += len(table)
 
     def line(self) -> str:
         shown = "; ".join(f"row {i}: {why}" for i, why in self.failed)
@@ -47,9 +58,14 @@ def _check_columns(model: ZooModel, schema: pa.Schema, path: Path) -> None:
 
 
 def _output_columns(model: ZooModel, results: list[dict], names: dict[str, str]) -> dict[str, pa.Array]:
-    """The head's outputs as columns: numbers as float32, anything else (entity lists) as JSON text."""
+    """The head's outputs as columns: numbers as float32, a class as its name, anything else (entity lists) as
+    JSON text."""
     if model.spec.head.type in ("regression", "multilabel"):
         return {names[t]: pa.array([r.get(t) for r in results], pa.float32()) for t in names}
+    if model.spec.head.type == "classification":
+        label, probability = model.head.outputs
+        return {names[label]: pa.array([r.get(label) for r in results], pa.string()),
+                f"{names[label]}_probability": pa.array([r.get(probability) for r in results], pa.float32())}
     text = lambda v: v if v is None or isinstance(v, str) else json.dumps(v)
     return {k: pa.array([text(r.get(k)) for r in results], pa.string()) for k in model.head.outputs}
 
@@ -85,8 +101,13 @@ def _rank(model: ZooModel, candidates: Path, top: int, batch_size: int):
 
 def predict_table(model: ZooModel, path: str | Path, output: str | Path | None = None, chunk_rows: int = 4096,
                   batch_size: int = 256, progress: bool = True, candidates: str | Path | None = None,
-                  top: int = 10) -> Summary:
-    """Predict every row of a table; for a retrieval task, rank the rows of ``candidates`` for each row."""
+                  top: int = 10, resume: bool = False) -> Summary:
+    """Predict every row of a table; for a retrieval task, rank the rows of ``candidates`` for each row.
+
+    With an output file, each chunk of rows is first written as its own part (Arrow IPC, atomically) in
+    ``.<output>.parts/``, and the parts are joined in input order at the end: ``resume`` keeps the parts
+    an interrupted run finished, and under torchrun each rank predicts every world-th chunk.
+    """
     path = Path(path)
     if hasattr(model.head, "query") and candidates is None:
         raise ZooError(f"task {model.spec.name!r} ranks candidates: give --candidates TABLE "
@@ -99,32 +120,64 @@ def predict_table(model: ZooModel, path: str | Path, output: str | Path | None =
         raise ZooError(f"{path}: the table has no rows")
     _check_columns(model, first.schema, path)
     names = _output_names(model, first.schema.names)
-    summary = Summary()
 
-    def run(out: Path | None) -> None:
-        writer = None
-        bar = tqdm(desc=f"predict {model.spec.name}", unit="row", disable=None if progress else True)
-        for batch in itertools.chain([first], batches):
-            results = predict(batch.to_pylist())
-            for offset, r in enumerate(results):
-                if "error" in r:
-                    summary.n_failed += 1
-                    if len(summary.failed) < 5:
-                        summary.failed.append((summary.rows + offset, r["error"]))
-            summary.rows += len(results)
-            columns = _output_columns(model, results, names)
-            columns["error"] = pa.array([r.get("error") for r in results], pa.string())
-            table = batch
-            for name, values in columns.items():
-                table = table.append_column(name, values)
-            writer = writer or TableWriter(out, table.schema)
+    def predicted(batch: pa.RecordBatch) -> pa.Table:
+        results = predict(batch.to_pylist())
+        columns = _output_columns(model, results, names)
+        columns["error"] = pa.array([r.get("error") for r in results], pa.string())
+        table = pa.Table.from_batches([batch])
+        for name, values in columns.items():
+            table = table.append_column(name, values)
+        return table
+
+    chunks = itertools.chain([first], batches)
+    bar = tqdm(desc=f"predict {model.spec.name}", unit="row", disable=None if progress else True)
+    if output is None:  # stdout: stream as we go
+        summary, writer = Summary(), None
+        for batch in chunks:
+            table = predicted(batch)
+            summary.add(table)
+            writer = writer or TableWriter(None, table.schema)
             writer.write(table)
-            bar.update(len(results))
-        bar.close()
+            bar.update(len(table))
         writer.close()
+        return summary
 
-    if output is None:
-        run(None)
-    else:
-        atomic_write(Path(output), run)
+    output = Path(output)
+    parts = output.parent / f".{output.name}.parts"
+    rank, world = rank_and_world()
+    if rank == 0 and not resume:
+        shutil.rmtree(parts, ignore_errors=True)
+    parts.mkdir(parents=True, exist_ok=True)
+    barrier()
+    n_chunks = 0
+    for i, batch in enumerate(chunks):
+        n_chunks = i + 1
+        part = parts / f"part-{i:07d}.arrow"
+        if i % world == rank and not part.is_file():
+            table = predicted(batch)
+            atomic_write(part, lambda tmp: _write_ipc(tmp, table))
+        bar.update(len(batch))
+    bar.close()
+    barrier()
+    summary = Summary()
+    if rank == 0:
+        def join(tmp: Path) -> None:
+            writer = None
+            for i in range(n_chunks):
+                with pa.memory_map(str(parts / f"part-{i:07d}.arrow")) as source:
+                    table = pa.ipc.open_file(source).read_all()
+                summary.add(table)
+                writer = writer or TableWriter(tmp, table.schema, kind=table_format(output))
+                for batch in table.to_batches():
+                    writer.write(batch)
+            writer.close()
+
+        atomic_write(output, join)
+        shutil.rmtree(parts, ignore_errors=True)
     return summary
+
+
+def _write_ipc(path: Path, table: pa.Table) -> None:
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)

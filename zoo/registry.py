@@ -102,6 +102,9 @@ class TrainSpec(Spec):
     grad_clip: float = 5.0
     seed: int = 0
     bucket: bool = False         # batch rows of similar size together (less padding for text)
+    accumulate: int = 1          # micro-batches per optimizer step (the global batch is batch_size)
+    bf16: bool = True            # bfloat16 autocast, on CUDA only
+    checkpoint_every: int = 0    # optimizer steps between resumable checkpoints (0: at each epoch end)
 
 
 class Reference(Spec):

@@ -33,8 +33,13 @@ def table_format(path: Path, compressed: bool = False) -> str:
 
 
 def iter_table(path: str | Path, chunk_rows: int = 4096) -> Iterator[pa.RecordBatch]:
-    """Record batches of at most about ``chunk_rows`` rows; a clear ZooError if the file can't be read."""
-    path = Path(path)
+    """Record batches of at most ``chunk_rows`` rows; a clear ZooError if the file can't be read."""
+    for batch in _read_blocks(Path(path), chunk_rows):
+        for start in range(0, len(batch), chunk_rows):  # CSV and JSON are read in 1 MiB blocks of any row count
+            yield batch.slice(start, chunk_rows)
+
+
+def _read_blocks(path: Path, chunk_rows: int) -> Iterator[pa.RecordBatch]:
     kind = table_format(path, compressed=True)
     if not path.is_file():
         raise ZooError(f"{path}: no such file")
@@ -78,8 +83,9 @@ def read_dataset(path: str | Path, reader: str = "table") -> list[dict]:
 class TableWriter:
     """Streams record batches to CSV, Parquet or JSON Lines; ``None`` as the path writes CSV to stdout."""
 
-    def __init__(self, path: Path | None, schema: pa.Schema):
-        self.kind = table_format(path) if path else ".csv"
+    def __init__(self, path: Path | None, schema: pa.Schema, kind: str | None = None):
+        """``kind`` (".csv", ".parquet", ".jsonl") when ``path`` is a temporary name without the real suffix."""
+        self.kind = kind or (table_format(path) if path else ".csv")
         self.sink = open(path, "wb") if path else sys.stdout.buffer
         if self.kind == ".parquet":
             self.writer = pq.ParquetWriter(self.sink, schema)
@@ -88,14 +94,14 @@ class TableWriter:
         else:
             self.writer = None
 
-    def write(self, batch: pa.RecordBatch) -> None:
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
         if self.writer is None:
             text = io.StringIO()
             for row in batch.to_pylist():
                 text.write(json.dumps(row, default=str) + "\n")
             self.sink.write(text.getvalue().encode())
         else:
-            self.writer.write_batch(batch)
+            self.writer.write(batch)  # a RecordBatch or a Table
         self.sink.flush()
 
     def close(self) -> None:

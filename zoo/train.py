@@ -1,15 +1,17 @@
-"""One Trainer for every task: AdamW, linear warm-up then cosine decay, gradient clipping, early stopping on
-the task's validation metric, seeded, with per-epoch metrics appended to ``metrics.jsonl``.
+"""One Trainer for every task: AdamW, linear warm-up then cosine decay, gradient clipping and accumulation,
+early stopping on the task's validation metric, seeded, with per-epoch metrics appended to ``metrics.jsonl``.
 
-Single process here; the data loader and the model are built in one place each (``_loader``, ``fit``) so
-distributed training can wrap them without touching the rest.
+The same loop runs in one process or under torchrun (DDP: gloo on CPU, NCCL on GPU, bf16 autocast on GPU).
+Each epoch's batches are a function of (seed, epoch), and a checkpoint holds the position inside the epoch,
+so a run killed at any point resumes to the same result.
 """
 from __future__ import annotations
 
-import copy
+import contextlib
 import dataclasses
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -19,13 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from encoders import InputError, ZooError
 from tasks import METRICS, SPLITS, score
 from zoo.artifacts import save
 from zoo.cache import cache_path, load_features, save_features
+from zoo.distributed import rank_and_world
+from zoo.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from zoo.model import ZooModel, to_device
 from zoo.registry import TaskSpec
 
@@ -95,26 +98,19 @@ def _size(features: dict) -> int:
                for f in features.values() if f is not None)
 
 
-class BucketSampler:
-    """Shuffled batches of rows of similar size: shuffle, sort within windows of 50 batches, cut, shuffle
-    the batches. Each epoch draws a new order from ``generator``."""
-
-    def __init__(self, sizes: list[int], batch_size: int, generator: torch.Generator, window: int = 50):
-        self.sizes, self.batch_size, self.generator, self.window = np.asarray(sizes), batch_size, generator, window
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.sizes) / self.batch_size)
-
-    def __iter__(self):
-        order = torch.randperm(len(self.sizes), generator=self.generator).numpy()
-        span = self.batch_size * self.window
-        batches = []
-        for start in range(0, len(order), span):
-            chunk = order[start : start + span]
-            chunk = chunk[np.argsort(self.sizes[chunk], kind="stable")]
-            batches += [chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
-        for b in torch.randperm(len(batches), generator=self.generator).tolist():
-            yield batches[b]
+def epoch_batches(sizes: np.ndarray, batch_size: int, seed: int, epoch: int, bucket: bool) -> list[np.ndarray]:
+    """The training batches of one epoch, drawn from (seed, epoch) alone so a resumed run redraws them
+    exactly. With ``bucket``: sorted by size within windows of 50 batches, then the batches shuffled."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(len(sizes), generator=generator).numpy()
+    if not bucket:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    span, batches = batch_size * 50, []
+    for start in range(0, len(order), span):
+        chunk = order[start : start + span]
+        chunk = chunk[np.argsort(sizes[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[b] for b in torch.randperm(len(batches), generator=generator).tolist()]
 
 
 def _lr_factor(step: int, warmup: int, total: int, final: float) -> float:
@@ -147,39 +143,40 @@ class Trainer:
                 groups.setdefault(lr, []).append(p)
         return [{"params": ps} | ({"lr": lr} if lr is not None else {}) for lr, ps in groups.items()]
 
-    def _loader(self, data: Prepared, index: np.ndarray, model: ZooModel, shuffle: bool) -> DataLoader:
-        items = [(data.features[i], data.targets[i]) for i in index]
-
-        def collate(batch):
-            y = torch.as_tensor(np.stack([t for _, t in batch]), dtype=torch.float32)
-            return model.collate([f for f, _ in batch]), torch.nan_to_num(y), ~torch.isnan(y)
-
-        generator = torch.Generator().manual_seed(self.spec.train.seed)
-        if shuffle and self.spec.train.bucket:
-            sampler = BucketSampler([_size(f) for f, _ in items], self.spec.train.batch_size, generator)
-            return DataLoader(items, batch_sampler=sampler, collate_fn=collate)
-        return DataLoader(items, batch_size=self.spec.train.batch_size, shuffle=shuffle, collate_fn=collate,
-                          generator=generator)
+    def _collate(self, model: ZooModel, data: Prepared, index) -> tuple:
+        y = torch.as_tensor(data.targets[index], dtype=torch.float32)
+        return model.collate([data.features[i] for i in index]), torch.nan_to_num(y), ~torch.isnan(y)
 
     @torch.no_grad()
-    def evaluate(self, model: ZooModel, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
+    def evaluate(self, model: ZooModel, data: Prepared, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded predictions and targets (NaN where missing) for rows ``index``, in order."""
         model.eval()
         preds, targets = [], []
-        for batch, y, mask in loader:
-            pred = model.head.decode(model(to_device(batch, model.device))).float().cpu().numpy()
+        size = self.spec.train.batch_size
+        for start in range(0, len(index), size):
+            batch, y, mask = self._collate(model, data, index[start : start + size])
+            with self._autocast(model):
+                pred = model.head.decode(model(to_device(batch, model.device))).float().cpu().numpy()
             if pred.ndim == 2 and pred.shape[1] < y.shape[1]:  # tags: a batch's rows end before the longest
                 pred = np.pad(pred, ((0, 0), (0, y.shape[1] - pred.shape[1])), constant_values=np.nan)
             preds.append(pred)
             targets.append(np.where(mask.numpy(), y.numpy(), np.nan))
         return np.concatenate(preds), np.concatenate(targets)
 
+    def _autocast(self, model: ZooModel):
+        cuda = model.device.type == "cuda" and self.spec.train.bf16
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda) if cuda else contextlib.nullcontext()
+
     def fit(self, rows: list[dict], data_sha256: str | None = None, test_rows: list[dict] | None = None,
-            test_sha256: str | None = None) -> tuple[ZooModel, dict]:
+            test_sha256: str | None = None, resume: bool = False) -> tuple[ZooModel, dict]:
         """Train on ``rows`` split by the registry; with ``test_rows`` (a fixed test set) ``rows`` give only
-        training and validation, in the proportions of the first two fractions."""
+        training and validation, in the proportions of the first two fractions. ``resume`` continues from
+        the checkpoint in ``out``. Under torchrun each rank trains on its share of every global batch (DDP);
+        only rank 0 logs, checkpoints and saves."""
         spec, cfg = self.spec, self.spec.train
+        rank, world = rank_and_world()
         seed_everything(cfg.seed)
-        model = ZooModel(spec)
+        model = ZooModel(spec).to(_device())
         started = time.perf_counter()
         data = self._prepare(model, rows, data_sha256)
         fractions = spec.data.fractions
@@ -194,65 +191,115 @@ class Trainer:
             test = self._prepare(model, test_rows, test_sha256)
             test_idx = np.arange(len(test.keys))
         model.head.fit(data.targets[train_idx])
-        train_loader = self._loader(data, train_idx, model, shuffle=True)
-        val_loader = self._loader(data, val_idx, model, shuffle=False)
+        sizes = np.array([_size(data.features[i]) for i in train_idx]) if cfg.bucket else np.zeros(len(train_idx))
+        steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
 
         optimizer = torch.optim.AdamW(self._param_groups(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        total = cfg.epochs * len(train_loader)
-        warmup = max(1, int(cfg.warmup_epochs * len(train_loader)))
+        total = cfg.epochs * steps_per_epoch
+        warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: _lr_factor(step, warmup, total, cfg.final_lr_ratio))
+        # Where the run is: the epoch, the batches of it done, their losses, and the early-stopping state.
+        run = {"epoch": 0, "batch": 0, "losses": [], "best": None, "best_epoch": -1, "history": [], "step": 0}
+        best_state = None
+        if resume:
+            ckpt = load_checkpoint(self.out)
+            if ckpt["spec"] != spec.model_dump(mode="json") or ckpt["data_sha256"] != data_sha256:
+                raise ZooError(f"{self.out}: the checkpoint was made by another task entry or data file; "
+                               "resume with the same ones, or train into a new --out")
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            best_state, run = ckpt["best_state"], ckpt["run"]
+            set_rng_state(ckpt["rng"])
+        trained = _ddp(model) if world > 1 else model
 
-        best, best_state, best_epoch, history = None, None, -1, []
-        log = self.out / "metrics.jsonl" if self.out else None
-        if log:
+        def checkpoint() -> None:
+            if self.out and rank == 0:
+                save_checkpoint(self.out, {
+                    "spec": spec.model_dump(mode="json"), "data_sha256": data_sha256, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "best_state": best_state, "run": run, "rng": rng_state()})
+
+        log = self.out / "metrics.jsonl" if self.out and rank == 0 else None
+        if log:  # rewritten from the run's own history, so a resumed log has each epoch once
             log.parent.mkdir(parents=True, exist_ok=True)
-            log.write_text("")
-        bar = tqdm(range(cfg.epochs), desc=f"train {spec.name}", unit="epoch",
-                   disable=None if self.progress else True)
+            log.write_text("".join(json.dumps(r) + "\n" for r in run["history"]))
+        bar = tqdm(range(run["epoch"], cfg.epochs), desc=f"train {spec.name}", unit="epoch",
+                   disable=None if self.progress and rank == 0 else True)
         for epoch in bar:
             model.train()
-            losses = []
-            for batch, y, mask in train_loader:
-                loss = model.head.loss(model(to_device(batch, model.device)), y, mask)
+            batches = epoch_batches(sizes, cfg.batch_size, cfg.seed, epoch, cfg.bucket)
+            for b in range(run["batch"], len(batches)):
+                share = train_idx[batches[b][rank::world]]  # this rank's part of the global batch
+                micro = np.array_split(share, min(cfg.accumulate, len(share)))
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss_sum = 0.0
+                for m, part in enumerate(micro):
+                    batch, y, mask = self._collate(model, data, part)
+                    sync = m == len(micro) - 1 or world == 1
+                    with (contextlib.nullcontext() if sync else trained.no_sync()), self._autocast(model):
+                        loss = model.head.loss(trained(to_device(batch, model.device)), y.to(model.device),
+                                               mask.to(model.device)) * len(part) / len(share)
+                    loss.backward()
+                    loss_sum += loss.item()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
                 scheduler.step()
-                losses.append(loss.item())
-            pred, true = self.evaluate(model, val_loader)
+                run["losses"].append(loss_sum)
+                run["batch"], run["step"] = b + 1, run["step"] + 1
+                if cfg.checkpoint_every and run["step"] % cfg.checkpoint_every == 0:
+                    checkpoint()
+            pred, true = self.evaluate(model, data, val_idx)
             value = score(spec.metric, true, pred)
-            record = {"epoch": epoch, "train_loss": float(np.mean(losses)), f"val_{spec.metric}": value,
+            record = {"epoch": epoch, "train_loss": float(np.mean(run["losses"])), f"val_{spec.metric}": value,
                       "lr": scheduler.get_last_lr()[0]}
-            history.append(record)
+            run["history"].append(record)
             if log:
                 with open(log, "a") as f:
                     f.write(json.dumps(record) + "\n")
             bar.set_postfix(loss=f"{record['train_loss']:.4f}", **{f"val_{spec.metric}": f"{value:.4f}"})
-            if best is None or (value > best if self.metric.higher_is_better else value < best):
-                best, best_state, best_epoch = value, copy.deepcopy(model.state_dict()), epoch
-            elif epoch - best_epoch >= cfg.patience:
+            better = run["best"] is None or (value > run["best"] if self.metric.higher_is_better else value < run["best"])
+            if better:
+                run["best"], run["best_epoch"] = value, epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            run.update(epoch=epoch + 1, batch=0, losses=[])
+            checkpoint()
+            if not better and epoch - run["best_epoch"] >= cfg.patience:
                 break
         model.load_state_dict(best_state)
 
-        metrics = {"best_epoch": best_epoch, "epochs_run": len(history),
+        metrics = {"best_epoch": run["best_epoch"], "epochs_run": len(run["history"]),
                    "n_train": len(train_idx), "n_val": len(val_idx), "n_test": len(test_idx),
-                   "skipped_rows": len(data.skipped)}
+                   "skipped_rows": len(data.skipped), "world_size": world}
         for part, source, index in (("val", data, val_idx), ("test", test, test_idx)):
             if len(index):
-                pred, true = self.evaluate(model, self._loader(source, index, model, shuffle=False))
+                pred, true = self.evaluate(model, source, index)
                 metrics[part] = {name: score(name, true, pred) for name in _family_metrics(spec.metric)}
                 metrics[f"{part}_predictions"] = {"true": true.tolist(), "pred": pred.tolist()}
         metrics["wall_s"] = round(time.perf_counter() - started, 2)
-        if self.out:
-            save(model, self.out, _without_predictions(metrics), data_sha256)
+        if self.out and rank == 0:
+            save(model.cpu(), self.out, _without_predictions(metrics), data_sha256)
         return model, metrics
+
+
+def _device() -> torch.device:
+    """This process's device: its own GPU under torchrun (LOCAL_RANK), the only GPU, or the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def _ddp(model: ZooModel) -> torch.nn.parallel.DistributedDataParallel:
+    # Some parameters sit out some batches (a head that ignores the pooled vector, a modality a batch lacks).
+    ids = [model.device.index] if model.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
 
 def _family_metrics(metric: str) -> tuple[str, ...]:
     families = {"roc_auc": ("roc_auc",), "entity_f1": ("entity_f1",),
-                "mrr": ("mrr", "hits@1", "hits@10", "mrr_reverse")}
+                "mrr": ("mrr", "hits@1", "hits@10", "mrr_reverse"), "accuracy": ("accuracy", "macro_f1"),
+                "macro_f1": ("macro_f1", "accuracy")}
     return families.get(metric, ("rmse", "mae", "r2"))
 
 
