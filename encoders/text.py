@@ -56,21 +56,25 @@ class TextFeatures:
     first_piece: np.ndarray  # [W] index into ids of each kept word's first piece
     offsets: np.ndarray      # [W, 2] character offsets of each kept word in the text (-1 for a word list)
     dropped_words: int       # words cut by the maximum length
+    pooled: np.ndarray       # [D] the frozen backbone's mean-pooled output, computed once (``tokens: mean``), or [0]
 
 
 @register_encoder("text-bert")
 class TextBERT(nn.Module):
-    """Pieces as tokens (``tokens: pieces``, for pooled tasks) or one token per word taken at its first piece
-    (``tokens: words``, for tagging: the first piece carries the word's label, the others none)."""
+    """Pieces as tokens (``tokens: pieces``, for fusion), one token per word taken at its first piece
+    (``tokens: words``, for tagging: the first piece carries the word's label, the others none), or one
+    token, the mean of the pieces (``tokens: mean``, sentence-transformers' pooling, for retrieval). With a
+    frozen backbone and ``tokens: mean`` the pooled vector is computed at featurization, so it is cached
+    with the data set and training never runs the transformer again."""
 
     def __init__(self, *, model: str = OFFLINE_MINILM, max_length: int = 128,
-                 tokens: Literal["pieces", "words"] = "pieces"):
+                 tokens: Literal["pieces", "words", "mean"] = "pieces"):
         super().__init__()
         from importlib.metadata import version
 
         from transformers import AutoModel
 
-        self.source, self.max_length, self.tokens = resolve_model(model), max_length, tokens
+        self.source, self.max_length, self.tokens, self.frozen = resolve_model(model), max_length, tokens, False
         self.bert = AutoModel.from_pretrained(self.source, local_files_only=_offline() or Path(self.source).is_dir())
         self.out_dim = self.bert.config.hidden_size
         self.backbone = f"transformers=={version('transformers')} {model}"
@@ -81,8 +85,12 @@ class TextBERT(nn.Module):
 
     def set_transfer(self, strategy: str, *, top_k: int = 2, lora_r: int = 8, lora_alpha: int = 16,
                      lora_dropout: float = 0.1) -> None:
-        """``top-k``: train only the last k transformer layers; ``lora``: a low-rank delta on the attention."""
-        if strategy == "top-k":
+        """``frozen``: train nothing of it; ``top-k``: only the last k transformer layers; ``lora``: a low-rank
+        delta on the attention and feed-forward weights."""
+        if strategy == "frozen":
+            self.bert.requires_grad_(False)
+            self.frozen = True
+        elif strategy == "top-k":
             self.bert.requires_grad_(False)
             for layer in self.bert.encoder.layer[-top_k:]:
                 layer.requires_grad_(True)
@@ -110,9 +118,12 @@ class TextBERT(nn.Module):
         encoded = self.tokenizer(words, is_split_into_words=True, truncation=True, max_length=self.max_length)
         word_ids = encoded.word_ids()
         first = [i for i, w in enumerate(word_ids) if w is not None and (i == 0 or word_ids[i - 1] != w)]
-        kept = len(first)
-        return TextFeatures(np.array(encoded["input_ids"], dtype=np.int64), np.array(first, dtype=np.int64),
-                            offsets[:kept], len(words) - kept)
+        kept, ids = len(first), np.array(encoded["input_ids"], dtype=np.int64)
+        pooled = np.zeros(0, dtype=np.float32)
+        if self.tokens == "mean" and self.frozen:
+            with torch.inference_mode():
+                pooled = self.bert(input_ids=torch.as_tensor(ids)[None]).last_hidden_state[0].mean(0).numpy()
+        return TextFeatures(ids, np.array(first, dtype=np.int64), offsets[:kept], len(words) - kept, pooled)
 
     def collate(self, items: list[TextFeatures | None]) -> dict:
         length = max((len(f.ids) for f in items if f is not None), default=1)
@@ -125,10 +136,16 @@ class TextBERT(nn.Module):
             if f is not None:
                 ids[i, : len(f.ids)], mask[i, : len(f.ids)] = torch.as_tensor(f.ids), True
                 first[i, : len(f.first_piece)], word_mask[i, : len(f.first_piece)] = torch.as_tensor(f.first_piece), True
-        return {"ids": ids, "mask": mask, "first_piece": first, "word_mask": word_mask}
+        batch = {"ids": ids, "mask": mask, "first_piece": first, "word_mask": word_mask}
+        if self.tokens == "mean" and all(f is None or len(f.pooled) for f in items):
+            batch["pooled"] = torch.stack([torch.as_tensor(f.pooled) if f is not None else torch.zeros(self.out_dim)
+                                           for f in items])
+        return batch
 
     def forward(self, batch: dict) -> Tokens:
         present = batch["mask"].any(1)
+        if "pooled" in batch:
+            return Tokens(batch["pooled"].unsqueeze(1), present.unsqueeze(1))
         hidden = torch.zeros(*batch["ids"].shape, self.out_dim, device=batch["ids"].device)
         if present.any():  # rows without text never reach the transformer
             out = self.bert(input_ids=batch["ids"][present], attention_mask=batch["mask"][present].long())
@@ -136,5 +153,8 @@ class TextBERT(nn.Module):
                                                                       out.last_hidden_state)
         if self.tokens == "pieces":
             return Tokens(hidden, batch["mask"])
+        if self.tokens == "mean":
+            mask = batch["mask"].unsqueeze(-1)
+            return Tokens(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).unsqueeze(1), present.unsqueeze(1))
         words = torch.gather(hidden, 1, batch["first_piece"].unsqueeze(-1).expand(-1, -1, self.out_dim))
         return Tokens(words, batch["word_mask"])

@@ -19,7 +19,7 @@ from zoo.registry import TaskSpec
 
 def cache_key(spec: TaskSpec, data_sha256: str) -> str:
     config = {
-        "inputs": {n: [i.column, spec.encoders[i.encoder].model_dump()] for n, i in spec.inputs.items()},
+        "inputs": {n: [i.column, i.transfer, spec.encoders[i.encoder].model_dump()] for n, i in spec.inputs.items()},
         "targets": spec.head.targets, "data": data_sha256, "scizoo": versions().get("scizoo"),
     }
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:32]

@@ -47,9 +47,9 @@ class ZooModel(nn.Module):
         self.head = HEADS[spec.head.type](dim, targets=dict(spec.head.targets), **spec.head.params)
         for name, inp in spec.inputs.items():
             encoder = self.encoders[inp.encoder]
-            if inp.transfer == "frozen":
+            if inp.transfer == "frozen" and not hasattr(encoder, "set_transfer"):
                 encoder.requires_grad_(False)
-            elif inp.transfer in ("top-k", "lora"):
+            elif inp.transfer in ("frozen", "top-k", "lora"):
                 if not hasattr(encoder, "set_transfer"):
                     raise ZooError(f"task {spec.name!r}: key 'inputs.{name}.transfer': encoder "
                                    f"{inp.encoder!r} has no pretrained layers to {inp.transfer}")

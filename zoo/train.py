@@ -225,6 +225,7 @@ class Trainer:
         if log:  # rewritten from the run's own history, so a resumed log has each epoch once
             log.parent.mkdir(parents=True, exist_ok=True)
             log.write_text("".join(json.dumps(r) + "\n" for r in run["history"]))
+        board = None
         bar = tqdm(range(run["epoch"], cfg.epochs), desc=f"train {spec.name}", unit="epoch",
                    disable=None if self.progress and rank == 0 else True)
         for epoch in bar:
@@ -258,6 +259,10 @@ class Trainer:
             if log:
                 with open(log, "a") as f:
                     f.write(json.dumps(record) + "\n")
+                board = board or _tensorboard(self.out)
+                for key, value in record.items():
+                    if board and key != "epoch":
+                        board.add_scalar(key, value, epoch)
             bar.set_postfix(loss=f"{record['train_loss']:.4f}", **{f"val_{spec.metric}": f"{value:.4f}"})
             better = run["best"] is None or (value > run["best"] if self.metric.higher_is_better else value < run["best"])
             if better:
@@ -268,6 +273,8 @@ class Trainer:
             if not better and epoch - run["best_epoch"] >= cfg.patience:
                 break
         model.load_state_dict(best_state)
+        if board:
+            board.close()
 
         metrics = {"best_epoch": run["best_epoch"], "epochs_run": len(run["history"]),
                    "n_train": len(train_idx), "n_val": len(val_idx), "n_test": len(test_idx),
@@ -281,6 +288,15 @@ class Trainer:
         if self.out and rank == 0:
             save(model.cpu(), self.out, _without_predictions(metrics), data_sha256)
         return model, metrics
+
+
+def _tensorboard(out: Path):
+    """A TensorBoard writer into ``out/tensorboard`` when tensorboard is installed (it is optional)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
 
 
 def _device() -> torch.device:
