@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
@@ -24,13 +25,18 @@ import numpy as np
 import torch
 
 import zoo
-from tasks import METRICS
+from tasks import METRICS, SPLITS, score
 from tasks.metrics import tag_sequences
 from tasks.ner import entity_scores
 from zoo.artifacts import BUNDLED, sha256_file, versions
 from zoo.model import ZooModel
 from zoo.registry import TaskSpec, parse_overrides
 from zoo.tables import read_dataset
+from zoo.train import Prepared, _family_metrics, prepare
+
+# A reference model run beside ours: (featurized rows, rows to fit on, test rows) -> test predictions in the
+# form the task's head decodes to (values [N, targets], class probabilities or class indices).
+Baseline = Callable[[Prepared, np.ndarray, np.ndarray], np.ndarray]
 
 HERE = Path(__file__).resolve().parent
 
@@ -68,8 +74,14 @@ def parity_plot(runs: list[dict], path: Path, spec: TaskSpec, title: str) -> Non
 
 
 def detail(model: ZooModel, predictions: dict) -> dict:
-    """What a task family reports beyond its metric: per entity type scores for tagging."""
-    if model.spec.head.type != "token-classification":
+    """What a task family reports beyond its metric: per target scores for several regression targets, per
+    entity type scores for tagging."""
+    spec = model.spec
+    if spec.head.type == "regression" and len(spec.head.targets) > 1:
+        true, pred = np.asarray(predictions["true"], float), np.asarray(predictions["pred"], float)
+        return {"test_per_target": {t: score(spec.metric, true[:, j], pred[:, j])
+                                    for j, t in enumerate(spec.head.targets)}}
+    if spec.head.type != "token-classification":
         return {}
     names = dict(enumerate(model.head.labels))
     rename = lambda rows: [[t if t == "O" else f"{t[:2]}{names[int(t[2:])]}" for t in r] for r in rows]
@@ -86,8 +98,22 @@ def git_commit() -> str | None:
         return None
 
 
-def main(task: str, doc: str, variants: dict[str, dict] | None = None, seed_name: str = "seed") -> int:
-    """``variants``: name -> registry overrides, each run on the same seeds; the first is the task's own."""
+def summarise(runs: list[dict], metrics: tuple[str, ...]) -> dict:
+    """Mean and std over runs of each test metric, and the mean per target where runs score targets apart."""
+    out = {"test": {m: {"mean": float(np.mean([r["test"][m] for r in runs])),
+                        "std": float(np.std([r["test"][m] for r in runs]))} for m in metrics}}
+    if runs and "test_per_target" in runs[0]:
+        out["test_per_target"] = {t: float(np.mean([r["test_per_target"][t] for r in runs]))
+                                  for t in runs[0]["test_per_target"]}
+    return out
+
+
+def main(task: str, doc: str, variants: dict[str, dict] | None = None, seed_name: str = "seed",
+         baseline: tuple[str, Baseline] | None = None) -> int:
+    """``variants``: name -> registry overrides, each run on the same seeds; the first is the task's own.
+    ``baseline``: (name, fit_predict) run on every seed's split of the first variant's featurized rows, the
+    same rows and split ours trains on (for tasks split from one file); it fits on the training and validation
+    rows together, having nothing to early-stop."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="the data file (default: $ZOO_DATA/<dataset>/<file>, or ../shared/data)")
     p.add_argument(f"--{seed_name}s", dest="seeds", type=int, nargs="+", help=f"{seed_name}s (default: the registry's)")
@@ -138,16 +164,40 @@ def main(task: str, doc: str, variants: dict[str, dict] | None = None, seed_name
                 print(f"[{variant}] per type: " + ", ".join(
                     f"{t} F1 {v['f1']:.3f}" for t, v in runs[-1]["test_per_type"].items()))
 
-    print(f"\n{'model':<34} test {spec.metric.upper()}")
-    summary_by_variant = {}
-    for variant in chosen:
-        values = np.array([r["test"][spec.metric] for r in runs if r["variant"] == variant])
-        summary_by_variant[variant] = {"mean": float(values.mean()), "std": float(values.std()),
-                                       "featurization_rows_per_s": round(rates[variant], 1)}
-        print(f"{'SciZoo ' + variant:<34} {values.mean():.4f} ± {values.std():.4f}  "
-              f"({seed_name}s {[r['seed'] for r in runs if r['variant'] == variant]})")
+    if baseline:
+        name, fit_predict = baseline
+        for seed in args.seeds or spec.data.seeds:
+            model = ZooModel(zoo.info(task, overrides={**base, **next(iter(chosen.values())), "train.seed": seed}))
+            prepared = prepare(model, rows, progress=False, data_sha256=data_sha)  # cached by the runs above
+            split = model.spec.data
+            train_idx, val_idx, test_idx = SPLITS[split.split](prepared.keys, split.fractions, seed)
+            start = time.perf_counter()
+            pred = np.asarray(fit_predict(prepared, np.concatenate([train_idx, val_idx]), test_idx))
+            predictions = {"true": prepared.targets[test_idx], "pred": pred}
+            runs.append({"variant": name, "seed": seed, "baseline": True,
+                         "test": {m: score(m, predictions["true"], pred) for m in _family_metrics(spec.metric)},
+                         "wall_s": round(time.perf_counter() - start, 1), **detail(model, predictions),
+                         "test_true": predictions["true"].tolist(), "test_pred": pred.tolist()})
+            print(f"[{name}] {seed_name} {seed}: test {spec.metric.upper()} {runs[-1]['test'][spec.metric]:.4f} "
+                  f"({runs[-1]['wall_s']:.0f} s)")
+
+    metrics = _family_metrics(spec.metric)
+    groups = {f"SciZoo {v}": v for v in chosen} | ({baseline[0]: baseline[0]} if baseline else {})
+    summaries = {v: summarise([r for r in runs if r["variant"] == v], metrics) for v in groups.values()}
+    print(f"\n{'model':<34} " + " ".join(f"{'test ' + m.upper():>17}" for m in metrics))
+    for label, v in groups.items():
+        cells = [f"{summaries[v]['test'][m]['mean']:>8.4f} ± {summaries[v]['test'][m]['std']:.4f}" for m in metrics]
+        print(f"{label:<34} {' '.join(cells)}  ({seed_name}s {[r['seed'] for r in runs if r['variant'] == v]})")
+    summary_by_variant = {v: {"mean": summaries[v]["test"][spec.metric]["mean"],
+                              "std": summaries[v]["test"][spec.metric]["std"],
+                              "featurization_rows_per_s": round(rates[v], 1), **summaries[v]} for v in chosen}
     for name, ref in spec.references.items():
         print(f"{name:<34} {ref.value:.4f}{f' ± {ref.std:.4f}' if ref.std is not None else ''}  ({ref.source})")
+
+    if "test_per_target" in runs[0]:
+        print(f"\n{'test ' + spec.metric.upper() + ' per target (mean)':<34} " + " ".join(f"{g:>17}" for g in groups))
+        for t in spec.head.targets:
+            print(f"{t:<34} " + " ".join(f"{summaries[v]['test_per_target'][t]:>17.4f}" for v in groups.values()))
 
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
@@ -159,6 +209,7 @@ def main(task: str, doc: str, variants: dict[str, dict] | None = None, seed_name
         "data": data.name, "data_sha256": data_sha,
         "mean": summary_by_variant[first]["mean"], "std": summary_by_variant[first]["std"],
         "variants": summary_by_variant,
+        **({"baseline": {"name": baseline[0], **summaries[baseline[0]]}} if baseline else {}),
         "runs": [{k: v for k, v in r.items() if k not in ("test_true", "test_pred")} for r in runs],
         "references": {k: v.model_dump() for k, v in spec.references.items()},
         "overrides": {"all": args.set, **{k: v for k, v in chosen.items()}},
@@ -172,7 +223,8 @@ def main(task: str, doc: str, variants: dict[str, dict] | None = None, seed_name
         best = min((r for r in runs if r["variant"] == first), key=lambda r: sign * r["val"][spec.metric])
         target = BUNDLED / task
         shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(work / f"{first}-{best['seed']}", target, ignore=shutil.ignore_patterns("metrics.jsonl"))
+        shutil.copytree(work / f"{first}-{best['seed']}", target,
+                        ignore=shutil.ignore_patterns("metrics.jsonl", "checkpoint.pt"))  # the artifact only
         print(f"bundled {first} {seed_name} {best['seed']} (val {spec.metric} {best['val'][spec.metric]:.4f}) "
               f"into {target}")
     shutil.rmtree(work, ignore_errors=True)

@@ -2,9 +2,10 @@
 from tasks.heads import HEADS, MultiLabelHead, RegressionHead
 from tasks.metrics import METRICS, score
 from tasks.ner import read_conll, read_standoff, read_tsv
+from tasks.spectra import read_spectra_npz
 from tasks.splits import SPLITS, random_split, scaffold_split
 
 # Data files the registry can name by ``reader:`` beyond a plain table (see zoo.tables.read_dataset).
-READERS = {"conll": read_conll, "standoff": read_standoff, "tsv": read_tsv}
+READERS = {"conll": read_conll, "standoff": read_standoff, "tsv": read_tsv, "spectra-npz": read_spectra_npz}
 
 __all__ = ["HEADS", "METRICS", "READERS", "SPLITS", "MultiLabelHead", "RegressionHead", "random_split", "scaffold_split", "score"]

@@ -200,5 +200,43 @@ class ContrastiveHead(nn.Module):
         return {}
 
 
+class ClassificationHead(nn.Module):
+    """One class per row out of ``classes`` (softmax, cross-entropy). The target column holds class names; a
+    row whose class is not listed has no target. ``decode`` gives the class probabilities [B, n_classes]
+    (the metrics score their argmax); ``describe`` the most likely class and its probability."""
+
+    def __init__(self, dim: int, *, targets: dict[str, str], classes: list[str], hidden: int = 256,
+                 dropout: float = 0.0):
+        super().__init__()
+        if len(targets) != 1 or len(classes) < 2 or len(set(classes)) != len(classes):
+            raise ValueError("a classification head takes one target and at least two distinct classes")
+        self.targets, self.column, self.classes = list(targets), next(iter(targets.values())), list(classes)
+        self.outputs = [self.targets[0], f"{self.targets[0]}_probability"]
+        self.mlp = _mlp(dim, hidden, len(classes), dropout)
+
+    def read_targets(self, rows: list[dict]) -> np.ndarray:
+        index = {c: i for i, c in enumerate(self.classes)}
+        return np.array([[index.get(str(row.get(self.column)).strip(), np.nan)] for row in rows], dtype=float)
+
+    def fit(self, y: np.ndarray) -> None:
+        pass
+
+    def forward(self, fused: Fused) -> torch.Tensor:
+        return self.mlp(fused.pooled)
+
+    def loss(self, raw: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        rows = mask[:, 0]
+        if not rows.any():
+            return raw.sum() * 0.0  # no targets in this batch: nothing to learn, but keep the graph
+        return F.cross_entropy(raw[rows], target[rows, 0].long())
+
+    def decode(self, raw: torch.Tensor) -> torch.Tensor:
+        return raw.softmax(-1)
+
+    def describe(self, value: np.ndarray, features: dict) -> dict:
+        best = int(np.argmax(value))
+        return {self.targets[0]: self.classes[best], self.outputs[1]: float(value[best])}
+
+
 HEADS = {"regression": RegressionHead, "multilabel": MultiLabelHead, "token-classification": TokenClassificationHead,
-         "contrastive": ContrastiveHead}
+         "contrastive": ContrastiveHead, "classification": ClassificationHead}

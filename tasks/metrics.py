@@ -49,6 +49,21 @@ def ranks(p: np.ndarray, reverse: bool = False) -> np.ndarray:
     return 1 + (similarity > own[:, None]).sum(1)
 
 
+def class_labels(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """True and predicted class indices of the rows with a target; ``y`` [N, 1] holds class indices (NaN where
+    missing), ``p`` class probabilities [N, C] (scored by their argmax) or class indices [N] or [N, 1]."""
+    y = np.asarray(y, float).reshape(len(y), -1)[:, 0]
+    p = np.asarray(p, float)
+    predicted = p.argmax(1) if p.ndim == 2 and p.shape[1] > 1 else p.reshape(-1)
+    present = ~np.isnan(y)
+    return y[present].astype(int), predicted[present].astype(int)
+
+
+def _macro_f1(y: np.ndarray, p: np.ndarray) -> float:
+    """F1 averaged over the classes that are true or predicted in the set (sklearn's ``average="macro"``)."""
+    return float(skm.f1_score(*class_labels(y, p), average="macro", zero_division=0))
+
+
 METRICS = {
     "rmse": Metric(_rmse, higher_is_better=False),
     "mae": Metric(lambda y, p: float(skm.mean_absolute_error(y, p)), higher_is_better=False),
@@ -59,6 +74,9 @@ METRICS = {
     "mrr_reverse": Metric(lambda y, p: float(np.mean(1 / ranks(p, True))), higher_is_better=True, per_target=False),
     "hits@1": Metric(lambda y, p: float(np.mean(ranks(p) <= 1)), higher_is_better=True, per_target=False),
     "hits@10": Metric(lambda y, p: float(np.mean(ranks(p) <= 10)), higher_is_better=True, per_target=False),
+    "accuracy": Metric(lambda y, p: float(skm.accuracy_score(*class_labels(y, p))), higher_is_better=True,
+                       per_target=False),
+    "macro_f1": Metric(_macro_f1, higher_is_better=True, per_target=False),
 }
 
 

@@ -57,5 +57,27 @@ def matbench_split(keys: list, fractions: tuple[float, float, float], seed: int)
     return np.sort(rest[n_val:]), np.sort(rest[:n_val]), test
 
 
-# Each takes the split key of every row (SMILES for scaffolds), the three fractions and a seed.
-SPLITS = {"random": random_split, "scaffold": scaffold_split, "matbench-kfold": matbench_split}
+def stratified_split(labels: list, fractions: tuple[float, float, float], seed: int) -> tuple[np.ndarray, ...]:
+    """Each class (the split key: a label column) is shuffled and cut in ``fractions``, rounded per class, so
+    every set keeps the class mix of the whole. A class too small to give a set one row (below about
+    1 / (2 * fraction)) leaves that set without it: the rarest classes are in training only."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, label in enumerate(labels):
+        groups[str(label)].append(i)
+    rng = np.random.default_rng(seed)
+    train, val, test = [], [], []
+    for members in groups.values():
+        members = rng.permutation(members).tolist()
+        n_val, n_test = (int(f * len(members) + 0.5) for f in fractions[1:])
+        n_val = min(n_val, len(members) - 1)  # a class always keeps one training row
+        n_test = min(n_test, len(members) - 1 - n_val)
+        val += members[:n_val]
+        test += members[n_val : n_val + n_test]
+        train += members[n_val + n_test :]
+    return np.array(train, dtype=int), np.array(val, dtype=int), np.array(test, dtype=int)
+
+
+# Each takes the split key of every row (SMILES for scaffolds, the class for stratified), the three fractions
+# and a seed.
+SPLITS = {"random": random_split, "scaffold": scaffold_split, "matbench-kfold": matbench_split,
+          "stratified": stratified_split}

@@ -260,9 +260,9 @@ class Trainer:
                 with open(log, "a") as f:
                     f.write(json.dumps(record) + "\n")
                 board = board or _tensorboard(self.out)
-                for key, value in record.items():
+                for key, number in record.items():
                     if board and key != "epoch":
-                        board.add_scalar(key, value, epoch)
+                        board.add_scalar(key, number, epoch)
             bar.set_postfix(loss=f"{record['train_loss']:.4f}", **{f"val_{spec.metric}": f"{value:.4f}"})
             better = run["best"] is None or (value > run["best"] if self.metric.higher_is_better else value < run["best"])
             if better:
