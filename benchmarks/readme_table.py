@@ -18,6 +18,8 @@ def table() -> str:
              "|---|---|---|---|---|---|"]
     for path in sorted((HERE / "results").glob("*.json")):
         r = json.loads(path.read_text())
+        if "variants" not in r:  # throughput.json and other non-task reports
+            continue
         refs = "; ".join(f"{name} {ref['value']}" + (f" ± {ref['std']}" if ref.get("std") is not None else "")
                          for name, ref in r["references"].items())
         for variant, v in r["variants"].items():

@@ -142,3 +142,11 @@ def test_a_killed_predict_resumes_to_the_same_output(model_dir, tmp_path):
     assert run(tmp_path / "out.csv", "--resume").wait(timeout=300) == 0
     assert (tmp_path / "out.csv").read_bytes() == (tmp_path / "clean.csv").read_bytes()
     assert not parts.exists()
+
+
+def test_csv_output_writes_list_cells_as_json_text(model_dir, tmp_path):
+    table = tmp_path / "in.jsonl"
+    table.write_text('{"smiles": "CCO", "tags": ["a", "b"]}\n{"smiles": "c1ccccc1", "tags": []}\n')
+    assert main(["predict", str(model_dir), "--input", str(table), "--output", str(tmp_path / "out.csv")]) == 0
+    rows = list(csv.DictReader((tmp_path / "out.csv").open()))
+    assert [json.loads(r["tags"]) for r in rows] == [["a", "b"], []] and all(r["logS"] for r in rows)

@@ -80,6 +80,20 @@ def read_dataset(path: str | Path, reader: str = "table") -> list[dict]:
         raise ZooError(f"{path}: cannot read as {reader} ({str(err).splitlines()[0]})") from None
 
 
+def _flat(schema: pa.Schema) -> pa.Schema:
+    """CSV holds no lists or structs (a spectrum from a JSONL input): those columns become JSON text."""
+    return pa.schema([pa.field(f.name, pa.string()) if pa.types.is_nested(f.type) else f for f in schema])
+
+
+def _as_text(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+    table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+    for i, field in enumerate(table.schema):
+        if pa.types.is_nested(field.type):
+            text = [None if v is None else json.dumps(v) for v in table.column(i).to_pylist()]
+            table = table.set_column(i, pa.field(field.name, pa.string()), pa.array(text, pa.string()))
+    return table
+
+
 class TableWriter:
     """Streams record batches to CSV, Parquet or JSON Lines; ``None`` as the path writes CSV to stdout."""
 
@@ -90,7 +104,7 @@ class TableWriter:
         if self.kind == ".parquet":
             self.writer = pq.ParquetWriter(self.sink, schema)
         elif self.kind == ".csv":
-            self.writer = pa_csv.CSVWriter(self.sink, schema)
+            self.writer = pa_csv.CSVWriter(self.sink, _flat(schema))
         else:
             self.writer = None
 
@@ -100,6 +114,8 @@ class TableWriter:
             for row in batch.to_pylist():
                 text.write(json.dumps(row, default=str) + "\n")
             self.sink.write(text.getvalue().encode())
+        elif self.kind == ".csv":
+            self.writer.write(_as_text(batch))
         else:
             self.writer.write(batch)  # a RecordBatch or a Table
         self.sink.flush()
