@@ -150,3 +150,9 @@ def test_csv_output_writes_list_cells_as_json_text(model_dir, tmp_path):
     assert main(["predict", str(model_dir), "--input", str(table), "--output", str(tmp_path / "out.csv")]) == 0
     rows = list(csv.DictReader((tmp_path / "out.csv").open()))
     assert [json.loads(r["tags"]) for r in rows] == [["a", "b"], []] and all(r["logS"] for r in rows)
+
+
+def test_featurizing_in_worker_processes_gives_the_same_predictions(model_dir):
+    model = zoo.load(model_dir)
+    rows = [{"smiles": s} for s in [*TEXTBOOK, "C1CC", "", *reversed(TEXTBOOK)]]
+    assert model.predict(rows, batch_size=7, workers=2) == model.predict(rows, batch_size=7)

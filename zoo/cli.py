@@ -102,7 +102,7 @@ def cmd_predict(args) -> int:
     with process_group():
         summary = predict_table(model, args.input, args.output, chunk_rows=args.chunk_rows,
                                 batch_size=args.batch_size, candidates=args.candidates, top=args.top,
-                                resume=args.resume)
+                                resume=args.resume, workers=args.workers)
         if rank_and_world()[0]:
             return 0  # rank 0 joined the output and reports for all
     print(summary.line(), file=sys.stderr)
@@ -142,6 +142,7 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--chunk-rows", type=int, default=4096, help="rows read and written at a time")
     predict.add_argument("--candidates", help="retrieval tasks: the table of candidates to rank for each row")
     predict.add_argument("--top", type=int, default=10, help="retrieval tasks: how many candidates to list")
+    predict.add_argument("--workers", type=int, default=0, help="featurize in this many worker processes")
     predict.add_argument("--resume", action="store_true",
                          help="keep the chunks an interrupted run into the same --output finished")
     predict.set_defaults(run=cmd_predict)

@@ -4,12 +4,14 @@ It also owns the row-level data path (``featurize`` -> ``collate``) so training 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from encoders import InputError, Tokens, ZooError, build_encoder
 from fusion import FUSIONS
@@ -24,6 +26,12 @@ def is_missing(value) -> bool:
     if isinstance(value, float) and math.isnan(value):
         return True
     return isinstance(value, str) and not value.strip()
+
+
+def feature_size(features: dict) -> int:
+    """A row's size for batching: the length of each present input's first feature array, summed."""
+    return sum(len(np.atleast_1d(getattr(f, dataclasses.fields(f)[0].name)))
+               for f in features.values() if f is not None)
 
 
 def to_device(batch, device: torch.device):
@@ -109,25 +117,39 @@ class ZooModel(nn.Module):
             tokens[name] = Tokens(self.project[name](t.x), t.mask)
         return self.head(self.fusion(tokens))
 
+    def _featurize_one(self, item: tuple[int, dict]) -> tuple[int, dict | None, str | None]:
+        i, row = item
+        try:
+            return i, self.featurize(row), None
+        except InputError as err:
+            return i, None, str(err)
+
     @torch.no_grad()
-    def _run(self, rows: list[dict], batch_size: int):
-        """(errors {row: why}, then batches of (row indices, features, raw head output)) over ``rows``."""
+    def _run(self, rows: list[dict], batch_size: int, workers: int = 0):
+        """(errors {row: why}, then batches of (row indices, features, raw head output)) over ``rows``.
+
+        ``workers`` > 0 featurizes in DataLoader worker processes. Rows are batched by size (fewer padded
+        tokens for text and crystals); callers put results back by row index."""
         self.eval()
+        items = list(enumerate(rows))
+        featurized = (DataLoader(items, batch_size=None, num_workers=workers, collate_fn=self._featurize_one)
+                      if workers else map(self._featurize_one, items))
         good, errors = [], {}
-        for i, row in enumerate(rows):
-            try:
-                good.append((i, self.featurize(row)))
-            except InputError as err:
-                errors[i] = str(err)
+        for i, features, why in featurized:
+            if why is None:
+                good.append((i, features))
+            else:
+                errors[i] = why
         yield errors
+        good.sort(key=lambda item: feature_size(item[1]))
         for start in range(0, len(good), batch_size):
             chunk = good[start : start + batch_size]
             batch = to_device(self.collate([f for _, f in chunk]), self.device)
             yield [i for i, _ in chunk], [f for _, f in chunk], self(batch)
 
-    def predict(self, rows: list[dict], batch_size: int = 256) -> list[dict[str, Any]]:
+    def predict(self, rows: list[dict], batch_size: int = 256, workers: int = 0) -> list[dict[str, Any]]:
         """Each row's output columns from the head (``{target: value}``, or entities), or ``{"error": why}``."""
-        run = self._run(rows, batch_size)
+        run = self._run(rows, batch_size, workers)
         results: list[dict[str, Any]] = [{} for _ in rows]
         for i, why in next(run).items():
             results[i] = {"error": why}

@@ -101,7 +101,7 @@ def _rank(model: ZooModel, candidates: Path, top: int, batch_size: int):
 
 def predict_table(model: ZooModel, path: str | Path, output: str | Path | None = None, chunk_rows: int = 4096,
                   batch_size: int = 256, progress: bool = True, candidates: str | Path | None = None,
-                  top: int = 10, resume: bool = False) -> Summary:
+                  top: int = 10, resume: bool = False, workers: int = 0) -> Summary:
     """Predict every row of a table; for a retrieval task, rank the rows of ``candidates`` for each row.
 
     With an output file, each chunk of rows is first written as its own part (Arrow IPC, atomically) in
@@ -113,7 +113,7 @@ def predict_table(model: ZooModel, path: str | Path, output: str | Path | None =
         raise ZooError(f"task {model.spec.name!r} ranks candidates: give --candidates TABLE "
                        f"(with column {model.spec.inputs[model.head.candidate].column!r})")
     predict = _rank(model, Path(candidates), top, batch_size) if candidates else (
-        lambda rows: model.predict(rows, batch_size=batch_size))
+        lambda rows: model.predict(rows, batch_size=batch_size, workers=workers))
     batches = iter_table(path, chunk_rows)
     first = next(batches, None)
     if first is None:

@@ -8,7 +8,6 @@ so a run killed at any point resumes to the same result.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -29,7 +28,7 @@ from zoo.artifacts import save
 from zoo.cache import cache_path, load_features, save_features
 from zoo.distributed import rank_and_world
 from zoo.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from zoo.model import ZooModel, to_device
+from zoo.model import ZooModel, feature_size, to_device
 from zoo.registry import TaskSpec
 
 
@@ -90,12 +89,6 @@ def prepare(model: ZooModel, rows: list[dict], progress: bool = True, data_sha25
         first = f" (row {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
         raise ZooError(f"task {spec.name!r}: no usable training rows{first}")
     return Prepared(features, targets[kept], [rows[i].get(key_column) for i in kept], skipped)
-
-
-def _size(features: dict) -> int:
-    """A row's size for bucketing: the length of each present input's first feature array, summed."""
-    return sum(len(np.atleast_1d(getattr(f, dataclasses.fields(f)[0].name)))
-               for f in features.values() if f is not None)
 
 
 def epoch_batches(sizes: np.ndarray, batch_size: int, seed: int, epoch: int, bucket: bool) -> list[np.ndarray]:
@@ -191,7 +184,7 @@ class Trainer:
             test = self._prepare(model, test_rows, test_sha256)
             test_idx = np.arange(len(test.keys))
         model.head.fit(data.targets[train_idx])
-        sizes = np.array([_size(data.features[i]) for i in train_idx]) if cfg.bucket else np.zeros(len(train_idx))
+        sizes = np.array([feature_size(data.features[i]) for i in train_idx]) if cfg.bucket else np.zeros(len(train_idx))
         steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
 
         optimizer = torch.optim.AdamW(self._param_groups(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
