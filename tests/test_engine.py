@@ -76,3 +76,17 @@ def test_resume_refuses_a_folder_with_nothing_to_resume(tmp_path):
     from zoo.cli import main
 
     assert main(["train", "--resume", str(tmp_path)]) == 2
+
+
+def test_predict_under_torchrun_shards_chunks_and_joins_them_in_input_order(tmp_path):
+    out = tmp_path / "sharded.csv"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "zoo",
+               "predict", "molecule-solubility", "--input", "examples/molecules.csv", "--chunk-rows", "4"]
+    done = subprocess.run([*command, "--output", str(out)], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    single = subprocess.run([sys.executable, "-m", "zoo", "predict", "molecule-solubility", "--input",
+                             "examples/molecules.csv", "--chunk-rows", "4", "--output", str(tmp_path / "one.csv")],
+                            cwd=ROOT, env=env, capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    assert out.read_bytes() == (tmp_path / "one.csv").read_bytes()
