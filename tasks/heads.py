@@ -1,6 +1,7 @@
 """Task heads. ``read_targets`` turns table rows into a float array (NaN where missing), ``forward`` gives the
 raw output (standardised values, logits or embeddings), ``loss`` compares it with targets while ignoring
-missing ones, ``decode`` turns it into the user's units and ``describe`` into one row's output columns."""
+missing ones, ``decode`` turns it into the user's units and ``describe`` into one row's output columns:
+``outputs`` names them, ``numeric`` says which hold numbers (the others hold text, or JSON of a list)."""
 from __future__ import annotations
 
 import math
@@ -46,6 +47,10 @@ class _ScalarOutputs:
 
     @property
     def outputs(self) -> list[str]:
+        return self.targets
+
+    @property
+    def numeric(self) -> list[str]:
         return self.targets
 
     def describe(self, value: np.ndarray, features: dict) -> dict:
@@ -113,7 +118,7 @@ class TokenClassificationHead(nn.Module):
                  dropout: float = 0.1):
         super().__init__()
         self.targets, self.column, self.input = list(targets), next(iter(targets.values())), input
-        self.outputs = ["entities", "warning"]
+        self.outputs, self.numeric = ["entities", "warning"], []
         self.tags = tag_names(labels)
         self.labels = list(labels)
         self.classify = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, len(self.tags)))
@@ -170,7 +175,8 @@ class ContrastiveHead(nn.Module):
     def __init__(self, dim: int, *, query: str, candidate: str, targets: dict[str, str] | None = None,
                  embedding: int = 256, temperature: float = 0.07):
         super().__init__()
-        self.targets, self.outputs, self.query, self.candidate = [], ["matches"], query, candidate
+        self.targets, self.outputs, self.numeric = [], ["matches"], []
+        self.query, self.candidate = query, candidate
         self.project = nn.ModuleDict({n: nn.Linear(dim, embedding) for n in (query, candidate)})
         self.log_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)))
 
@@ -212,6 +218,7 @@ class ClassificationHead(nn.Module):
             raise ValueError("a classification head takes one target and at least two distinct classes")
         self.targets, self.column, self.classes = list(targets), next(iter(targets.values())), list(classes)
         self.outputs = [self.targets[0], f"{self.targets[0]}_probability"]
+        self.numeric = self.outputs[1:]
         self.mlp = _mlp(dim, hidden, len(classes), dropout)
 
     def read_targets(self, rows: list[dict]) -> np.ndarray:

@@ -55,14 +55,16 @@ class ZooModel(nn.Module):
         self.head = HEADS[spec.head.type](dim, targets=dict(spec.head.targets), **spec.head.params)
         for name, inp in spec.inputs.items():
             encoder = self.encoders[inp.encoder]
-            if inp.transfer == "frozen" and not hasattr(encoder, "set_transfer"):
-                encoder.requires_grad_(False)
-            elif inp.transfer in ("frozen", "top-k", "lora"):
-                if not hasattr(encoder, "set_transfer"):
-                    raise ZooError(f"task {spec.name!r}: key 'inputs.{name}.transfer': encoder "
-                                   f"{inp.encoder!r} has no pretrained layers to {inp.transfer}")
+            if inp.transfer == "train":
+                continue
+            if hasattr(encoder, "set_transfer"):  # a pretrained encoder knows its own layers
                 encoder.set_transfer(inp.transfer, top_k=inp.top_k, lora_r=inp.lora.r, lora_alpha=inp.lora.alpha,
                                      lora_dropout=inp.lora.dropout)
+            elif inp.transfer == "frozen":
+                encoder.requires_grad_(False)
+            else:
+                raise ZooError(f"task {spec.name!r}: key 'inputs.{name}.transfer': encoder "
+                               f"{inp.encoder!r} has no pretrained layers to {inp.transfer}")
 
     def pretrained_frozen(self) -> set[str]:
         """Names of the frozen parameters of pretrained backbones: rebuilt from the installed package on load,

@@ -6,8 +6,8 @@ The output file appears only when complete (written under a temporary name, then
 from __future__ import annotations
 
 import itertools
-import shutil
 import json
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +46,8 @@ class Summary:
 
 
 def _output_names(model: ZooModel, columns: list[str]) -> dict[str, str]:
-    """Prediction column per target: its name, or ``<name>_predicted`` where the input has that column."""
-    return {t: (f"{t}_predicted" if t in columns else t) for t in model.spec.head.targets}
+    """Column per output: its name, or ``<name>_predicted`` where the input already has that column."""
+    return {t: (f"{t}_predicted" if t in columns else t) for t in model.head.outputs}
 
 
 def _check_columns(model: ZooModel, schema: pa.Schema, path: Path) -> None:
@@ -58,16 +58,13 @@ def _check_columns(model: ZooModel, schema: pa.Schema, path: Path) -> None:
 
 
 def _output_columns(model: ZooModel, results: list[dict], names: dict[str, str]) -> dict[str, pa.Array]:
-    """The head's outputs as columns: numbers as float32, a class as its name, anything else (entity lists) as
-    JSON text."""
-    if model.spec.head.type in ("regression", "multilabel"):
-        return {names[t]: pa.array([r.get(t) for r in results], pa.float32()) for t in names}
-    if model.spec.head.type == "classification":
-        label, probability = model.head.outputs
-        return {names[label]: pa.array([r.get(label) for r in results], pa.string()),
-                f"{names[label]}_probability": pa.array([r.get(probability) for r in results], pa.float32())}
-    text = lambda v: v if v is None or isinstance(v, str) else json.dumps(v)
-    return {k: pa.array([text(r.get(k)) for r in results], pa.string()) for k in model.head.outputs}
+    """The head's outputs as columns: numbers as float32, text as it is, anything else (entity lists, ranked
+    matches) as JSON text."""
+    def cell(value):
+        return value if value is None or isinstance(value, str) else json.dumps(value)
+
+    return {names[k]: pa.array([r.get(k) for r in results], pa.float32()) if k in model.head.numeric
+            else pa.array([cell(r.get(k)) for r in results], pa.string()) for k in model.head.outputs}
 
 
 def _rank(model: ZooModel, candidates: Path, top: int, batch_size: int):

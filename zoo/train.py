@@ -26,8 +26,8 @@ from encoders import InputError, ZooError
 from tasks import METRICS, SPLITS, score
 from zoo.artifacts import save
 from zoo.cache import cache_path, load_features, save_features
-from zoo.distributed import rank_and_world
 from zoo.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from zoo.distributed import rank_and_world
 from zoo.model import ZooModel, feature_size, to_device
 from zoo.registry import TaskSpec
 
@@ -218,7 +218,7 @@ class Trainer:
         if log:  # rewritten from the run's own history, so a resumed log has each epoch once
             log.parent.mkdir(parents=True, exist_ok=True)
             log.write_text("".join(json.dumps(r) + "\n" for r in run["history"]))
-        board = None
+        board = _tensorboard(self.out) if log else None
         bar = tqdm(range(run["epoch"], cfg.epochs), desc=f"train {spec.name}", unit="epoch",
                    disable=None if self.progress and rank == 0 else True)
         for epoch in bar:
@@ -252,9 +252,9 @@ class Trainer:
             if log:
                 with open(log, "a") as f:
                     f.write(json.dumps(record) + "\n")
-                board = board or _tensorboard(self.out)
+            if board:
                 for key, number in record.items():
-                    if board and key != "epoch":
+                    if key != "epoch":
                         board.add_scalar(key, number, epoch)
             bar.set_postfix(loss=f"{record['train_loss']:.4f}", **{f"val_{spec.metric}": f"{value:.4f}"})
             better = run["best"] is None or (value > run["best"] if self.metric.higher_is_better else value < run["best"])
