@@ -32,7 +32,7 @@ from zoo.artifacts import BUNDLED, sha256_file, versions
 from zoo.model import ZooModel
 from zoo.registry import TaskSpec, parse_overrides
 from zoo.tables import read_dataset
-from zoo.train import Prepared, _family_metrics, prepare
+from zoo.train import Prepared, _family_metrics, fixed_test_set, prepare
 
 # A reference model run beside ours: (featurized rows, rows to fit on, test rows) -> test predictions in the
 # form the task's head decodes to (values [N, targets], class probabilities or class indices).
@@ -136,11 +136,7 @@ def main(task: str, doc: str, variants: dict[str, dict] | None = None, seed_name
     data_sha = sha256_file(data)
     if spec.data.sha256 and data_sha != spec.data.sha256:
         print(f"warning: {data} sha256 {data_sha} differs from the registry's {spec.data.sha256}", file=sys.stderr)
-    test = {}
-    if spec.data.test_file:
-        test_path = data.parent / spec.data.test_file
-        test = {"test_rows": read_dataset(test_path, spec.data.test_reader or spec.data.reader),
-                "test_sha256": sha256_file(test_path)}
+    test = fixed_test_set(spec, spec.data.test_file and data.parent / spec.data.test_file)
 
     runs, rates, work = [], {}, Path(tempfile.mkdtemp(prefix="scizoo-bench-"))
     for variant, overrides in chosen.items():

@@ -15,7 +15,7 @@ from zoo.distributed import process_group, rank_and_world
 from zoo.predict import predict_table
 from zoo.registry import load_registry, parse_overrides, validate_task
 from zoo.tables import read_dataset
-from zoo.train import Trainer
+from zoo.train import Trainer, fixed_test_set
 
 
 RUN_FILE = "run.yaml"  # what a training run was started with, so --resume needs nothing else
@@ -74,20 +74,17 @@ def cmd_train(args) -> int:
                                                 else path.parent / spec.data.test_file)
     else:
         raise ZooError("zoo train needs a TASK and --out DIR, or --resume DIR")
-    rows = read_dataset(path, spec.data.reader)
-    test = {}
-    if test_path:  # a fixed test set, beside the training file unless given
-        test = {"test_rows": read_dataset(test_path, spec.data.test_reader or spec.data.reader),
-                "test_sha256": sha256_file(test_path)}
+    rows, test = read_dataset(path, spec.data.reader), fixed_test_set(spec, test_path)
     with process_group():
-        if not args.resume and int(os.environ.get("RANK", 0)) == 0:
+        rank = rank_and_world()[0]
+        if not args.resume and rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             run = {"task": spec.model_dump(mode="json"), "data": str(path.resolve()),
                    "test_data": test_path and str(Path(test_path).resolve())}
             atomic_write_text(out / RUN_FILE, yaml.safe_dump(run, sort_keys=False))
         _, metrics = Trainer(spec, out=out).fit(rows, data_sha256=sha256_file(path), resume=bool(args.resume),
                                                 **test)
-    if int(os.environ.get("RANK", 0)) == 0:
+    if rank == 0:
         score = metrics.get("test", {}).get(spec.metric)
         print(f"{spec.name}: best epoch {metrics['best_epoch']}, val {spec.metric} "
               f"{metrics['val'][spec.metric]:.4f}, test {spec.metric} {score:.4f}; saved to {out}")

@@ -24,12 +24,13 @@ from tqdm.auto import tqdm
 
 from encoders import InputError, ZooError
 from tasks import METRICS, SPLITS, score
-from zoo.artifacts import save
+from zoo.artifacts import save, sha256_file
 from zoo.cache import cache_path, load_features, save_features
 from zoo.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from zoo.distributed import rank_and_world
 from zoo.model import ZooModel, feature_size, to_device
 from zoo.registry import TaskSpec
+from zoo.tables import read_dataset
 
 
 def seed_everything(seed: int) -> None:
@@ -89,6 +90,13 @@ def prepare(model: ZooModel, rows: list[dict], progress: bool = True, data_sha25
         first = f" (row {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
         raise ZooError(f"task {spec.name!r}: no usable training rows{first}")
     return Prepared(features, targets[kept], [rows[i].get(key_column) for i in kept], skipped)
+
+
+def fixed_test_set(spec: TaskSpec, path: str | Path | None) -> dict:
+    """``fit``'s keyword arguments for a task's fixed test file (none when the task has no such file)."""
+    if not path:
+        return {}
+    return {"test_rows": read_dataset(path, spec.data.test_reader or spec.data.reader), "test_sha256": sha256_file(path)}
 
 
 def epoch_batches(sizes: np.ndarray, batch_size: int, seed: int, epoch: int, bucket: bool) -> list[np.ndarray]:
