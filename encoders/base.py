@@ -11,7 +11,9 @@ Encoders register themselves by type name with ``@register_encoder``, as timm re
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -30,6 +32,27 @@ class InputError(ZooError, ValueError):
     def __init__(self, modality: str, why: str):
         self.modality, self.why = modality, why
         super().__init__(f"{modality}: {why}")
+
+
+def input_file(text: str, modality: str) -> Path:
+    """The file a table cell names, checked before anything reads it. Relative paths are taken from the data
+    root when the user sets one (``ZOO_DATA_ROOT``, or ``zoo predict --data-root``), and a path that leaves
+    that root (``..``, an absolute path, a symlink) is refused, so a table cannot make a job read any file."""
+    root = os.environ.get("ZOO_DATA_ROOT")
+    path = Path(text).expanduser()
+    if root and not path.is_absolute():
+        path = Path(root) / path
+    try:
+        resolved = path.resolve(strict=True)
+    except FileNotFoundError:
+        raise InputError(modality, f"no such file {text!r}") from None
+    except (OSError, RuntimeError) as err:  # a symlink loop: RuntimeError before Python 3.13, OSError after
+        raise InputError(modality, f"cannot resolve {text!r}: {err}") from None
+    if root and not resolved.is_relative_to(Path(root).resolve()):
+        raise InputError(modality, f"{text!r} points outside the data root {root}")
+    if not resolved.is_file():
+        raise InputError(modality, f"{text!r} is not a file")
+    return resolved
 
 
 @dataclass

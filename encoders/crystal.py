@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from encoders.base import InputError, Tokens, concat, pad_tokens, register_encoder, token_index
+from encoders.base import InputError, Tokens, concat, input_file, pad_tokens, register_encoder, token_index
 
 STRUCTURE_SUFFIXES = {".cif": "cif", ".vasp": "poscar", ".poscar": "poscar", ".json": "json"}
 
@@ -70,9 +70,7 @@ def _read(raw, Structure):
         if not _looks_like_path(text):
             raise InputError("crystal", f"{text[:60]!r} is neither a structure file (.cif, .vasp, .json, POSCAR) "
                                         "nor CIF / POSCAR text")
-        if not Path(text).is_file():
-            raise InputError("crystal", f"no such structure file {text!r}")
-        return Structure.from_file(text)
+        return Structure.from_file(input_file(text, "crystal"))
     return Structure.from_str(text, fmt="cif" if "_cell_length_a" in text else "poscar")
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from encoders.base import InputError, Tokens, register_encoder
+from encoders.base import InputError, Tokens, input_file, register_encoder
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz")
 # Table columns taken as the axis and the intensities (case-insensitive), first match wins.
@@ -128,12 +128,10 @@ def read_spectrum(raw, unit: str | None = None) -> tuple[np.ndarray | None, np.n
             return read_spectrum(json.loads(text), unit)
         except json.JSONDecodeError as err:
             raise InputError("spectrum", f"cannot parse JSON: {err}") from None
-    path = Path(text)
-    name = path.name.lower()
+    name = Path(text).name.lower()
     if not name.endswith((".npy", ".csv") + FITS_SUFFIXES):
         raise InputError("spectrum", f"{text[:60]!r} is neither a spectrum file (.npy, .csv, .fits) nor JSON numbers")
-    if not path.is_file():
-        raise InputError("spectrum", f"no such spectrum file {text!r}")
+    path = input_file(text, "spectrum")
     if name.endswith(FITS_SUFFIXES):
         return _read_fits(path, unit)
     if name.endswith(".npy"):

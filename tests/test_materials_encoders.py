@@ -24,7 +24,7 @@ def test_structure_accepted_as_object_dict_json_cif_and_poscar_text():
 
 @pytest.mark.parametrize("raw, why", [
     ("data_x\n_cell_length_a 3\nloop_\n", "cannot read structure"),
-    ("missing.cif", "no such structure file"),
+    ("missing.cif", "no such file"),
     ("NaCl", "neither a structure file"),
     ({"sites": []}, "missing key 'lattice'"),
     (Structure(Lattice.cubic(3.0), [], []), "no sites"),

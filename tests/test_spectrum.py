@@ -71,7 +71,7 @@ def test_normalisations():
     ({"axis": [200.0, 300.0], "intensity": [1.0, 2.0]}, "does not overlap the grid"),
     (["a"] * 100, "not all numbers"),
     ("spectrum.txt", "neither a spectrum file"),
-    ("missing.npy", "no such spectrum file"),
+    ("missing.npy", "no such file"),
 ])
 def test_bad_spectra_are_one_line_input_errors(raw, why):
     with pytest.raises(InputError) as err:
