@@ -37,7 +37,7 @@ def test_materials_property_predicts_cifs_and_reports_bad_structures(tmp_path, c
         out = list(csv.DictReader(f))
     assert len(out) == 7
     assert all(math.isfinite(float(r["e_form"])) and not r["error"] for r in out[:4])
-    assert "no such structure file" in out[4]["error"]
+    assert "no such file" in out[4]["error"]
     assert "disordered structure" in out[5]["error"]
     assert out[6]["error"] == "row: every input is empty ('structure')"
     assert "predicted 4 of 7 rows; 3 failed" in capsys.readouterr().err
