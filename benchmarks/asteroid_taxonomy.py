@@ -10,19 +10,8 @@ Prints test accuracy and macro-F1 for both; writes benchmarks/results/asteroid-t
 """
 import sys
 
-import numpy as np
-from sklearn.ensemble import RandomForestClassifier
-
 from harness import main
-
-
-def random_forest(data, fit, test) -> np.ndarray:
-    """500 trees, classes weighted by inverse frequency (macro-F1 counts every class alike) -> class indices."""
-    x = np.stack([f["spectrum"].intensity for f in data.features])
-    y = data.targets[:, 0]
-    forest = RandomForestClassifier(n_estimators=500, class_weight="balanced", random_state=0, n_jobs=1)
-    return forest.fit(x[fit], y[fit]).predict(x[test])
-
+from tasks.baselines import BASELINES
 
 if __name__ == "__main__":
-    sys.exit(main("asteroid-taxonomy", __doc__, baseline=("RandomForest", random_forest)))
+    sys.exit(main("asteroid-taxonomy", __doc__, baseline=("RandomForest", BASELINES["spectrum-random-forest-classifier"])))

@@ -15,7 +15,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 import matplotlib
 
@@ -32,11 +31,8 @@ from zoo.artifacts import BUNDLED, sha256_file, versions
 from zoo.model import ZooModel
 from zoo.registry import TaskSpec, parse_overrides
 from zoo.tables import read_dataset
-from zoo.train import Prepared, _family_metrics, fixed_test_set, prepare
-
-# A reference model run beside ours: (featurized rows, rows to fit on, test rows) -> test predictions in the
-# form the task's head decodes to (values [N, targets], class probabilities or class indices).
-Baseline = Callable[[Prepared, np.ndarray, np.ndarray], np.ndarray]
+from tasks.baselines import Baseline
+from zoo.train import _family_metrics, fixed_test_set, prepare
 
 HERE = Path(__file__).resolve().parent
 
@@ -168,7 +164,8 @@ def main(task: str, doc: str, variants: dict[str, dict] | None = None, seed_name
             split = model.spec.data
             train_idx, val_idx, test_idx = SPLITS[split.split](prepared.keys, split.fractions, seed)
             start = time.perf_counter()
-            pred = np.asarray(fit_predict(prepared, np.concatenate([train_idx, val_idx]), test_idx))
+            pred = np.asarray(fit_predict(prepared.features, prepared.targets, np.concatenate([train_idx, val_idx]),
+                                          test_idx))
             predictions = {"true": prepared.targets[test_idx], "pred": pred}
             runs.append({"variant": name, "seed": seed, "baseline": True,
                          "test": {m: score(m, predictions["true"], pred) for m in _family_metrics(spec.metric)},

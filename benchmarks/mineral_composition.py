@@ -12,21 +12,8 @@ benchmarks/results/mineral-composition.json and a parity plot.
 """
 import sys
 
-import numpy as np
-from sklearn.ensemble import RandomForestRegressor
-
 from harness import main
-
-
-def random_forest(data, fit, test) -> np.ndarray:
-    """One forest per target (scikit-learn's defaults: 100 trees), on the fitting rows that have that target."""
-    x = np.stack([f["spectrum"].intensity for f in data.features])
-    pred = np.empty((len(test), data.targets.shape[1]))
-    for j, y in enumerate(data.targets.T):
-        rows = fit[~np.isnan(y[fit])]
-        pred[:, j] = RandomForestRegressor(random_state=0, n_jobs=1).fit(x[rows], y[rows]).predict(x[test])
-    return pred
-
+from tasks.baselines import BASELINES
 
 if __name__ == "__main__":
-    sys.exit(main("mineral-composition", __doc__, baseline=("RandomForest", random_forest)))
+    sys.exit(main("mineral-composition", __doc__, baseline=("RandomForest", BASELINES["spectrum-random-forest-regressor"])))
