@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ import zoo
 from tasks import METRICS, SPLITS, score
 from tasks.metrics import tag_sequences
 from tasks.ner import entity_scores
+from zoo.data import data_file
 from zoo.artifacts import BUNDLED, sha256_file, versions
 from zoo.model import ZooModel
 from zoo.registry import TaskSpec, parse_overrides
@@ -123,15 +123,10 @@ def main(task: str, doc: str, variants: dict[str, dict] | None = None, seed_name
     chosen = {k: v for k, v in variants.items() if not args.variants or k in args.variants}
     base = parse_overrides(args.set)
     spec = zoo.info(task, overrides=base)
-    root = os.environ.get("ZOO_DATA", str(HERE.parent.parent / "shared" / "data"))
-    data = Path(args.data or Path(root) / spec.data.dataset / spec.data.file)
-    if not data.is_file():
-        print(f"no data at {data}; pass --data or set ZOO_DATA", file=sys.stderr)
-        return 2
+    os.environ.setdefault("ZOO_DATA", str(HERE.parent.parent / "shared" / "data"))
+    data = Path(args.data) if args.data else data_file(spec, spec.data.file)
     rows = read_dataset(data, spec.data.reader)
     data_sha = sha256_file(data)
-    if spec.data.sha256 and data_sha != spec.data.sha256:
-        print(f"warning: {data} sha256 {data_sha} differs from the registry's {spec.data.sha256}", file=sys.stderr)
     test = fixed_test_set(spec, spec.data.test_file and data.parent / spec.data.test_file)
 
     runs, rates, work = [], {}, Path(tempfile.mkdtemp(prefix="scizoo-bench-"))

@@ -76,7 +76,7 @@ def save(model: ZooModel, out: Path, metrics: dict, data_sha256: str | None = No
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in skip}
     atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    atomic_write_text(out / "card.md", model_card(model.spec, metrics))
+    atomic_write_text(out / "card.md", model_card(model.spec, metrics, data_sha256))
     config = {
         "task": model.spec.model_dump(mode="json"),
         "versions": versions(),
@@ -148,7 +148,7 @@ def load(name_or_path: str | os.PathLike, registry: Registry | None = None, devi
     return load_artifact(resolve_weights(registry.task(str(name_or_path))), device)
 
 
-def model_card(spec: TaskSpec, metrics: dict) -> str:
+def model_card(spec: TaskSpec, metrics: dict, data_sha256: str | None = None) -> str:
     refs = "\n".join(
         f"| {name} | {r.value}{f' ± {r.std}' if r.std is not None else ''} | {r.source} |"
         for name, r in spec.references.items()
@@ -162,7 +162,7 @@ def model_card(spec: TaskSpec, metrics: dict) -> str:
 
 - Inputs: {inputs}
 - Fusion: {spec.fusion.type}; head: {spec.head.type} -> {', '.join(spec.head.targets)} ({spec.head.unit or 'no unit'})
-- Data: {spec.data.dataset}/{spec.data.file} (sha256 {spec.data.sha256 or 'not recorded'})
+- Data: {spec.data.dataset}/{spec.data.file} (sha256 {data_sha256 or 'not recorded'}; source: {spec.data.source or 'not recorded'})
 - Split: {spec.data.split} {list(spec.data.fractions)}, seed {spec.train.seed}
 - Test {spec.metric}: {test_text}
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from encoders import ZooError
+from zoo.data import data_file
 from zoo.artifacts import atomic_write_text, load, resolve_weights, sha256_file
 from zoo.distributed import process_group, rank_and_world
 from zoo.predict import predict_table
@@ -21,15 +22,11 @@ from zoo.train import Trainer, fixed_test_set
 RUN_FILE = "run.yaml"  # what a training run was started with, so --resume needs nothing else
 
 
-def data_path(spec, given: str | None) -> Path:
-    """The training table: ``--data`` if given, else ``$ZOO_DATA/<dataset>/<file>``."""
-    if given:
-        return Path(given)
-    root = os.environ.get("ZOO_DATA")
-    if not root:
-        raise ZooError(f"task {spec.name!r}: give --data PATH or set ZOO_DATA to the folder holding "
-                       f"{spec.data.dataset}/{spec.data.file}")
-    return Path(root) / spec.data.dataset / spec.data.file
+def _test_file(spec, data: Path, beside: bool) -> str | None:
+    """A task's fixed test file: beside a ``--data`` the user gave, else from ZOO_DATA or the download cache."""
+    if not spec.data.test_file:
+        return None
+    return str(data.parent / spec.data.test_file if beside else data_file(spec, spec.data.test_file))
 
 
 def cmd_list(args) -> int:
@@ -69,9 +66,8 @@ def cmd_train(args) -> int:
         spec, path, test_path = validate_task(run["task"]), Path(run["data"]), run["test_data"]
     elif args.task and args.out:
         spec = load_registry(args.registry).task(args.task, parse_overrides(args.set))
-        path = data_path(spec, args.data)
-        test_path = spec.data.test_file and str(Path(args.test_data) if args.test_data
-                                                else path.parent / spec.data.test_file)
+        path = Path(args.data) if args.data else data_file(spec, spec.data.file)
+        test_path = args.test_data or _test_file(spec, path, beside=bool(args.data))
     else:
         raise ZooError("zoo train needs a TASK and --out DIR, or --resume DIR")
     rows, test = read_dataset(path, spec.data.reader), fixed_test_set(spec, test_path)
@@ -120,7 +116,7 @@ def parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a task's model and save it as a folder")
     train.add_argument("task", nargs="?", help="a registry task (not needed with --resume)")
-    train.add_argument("--data", help="the training table (default: $ZOO_DATA/<dataset>/<file>)")
+    train.add_argument("--data", help="the training table (default: $ZOO_DATA/<dataset>/<file>, else downloaded, hash-checked)")
     train.add_argument("--test-data", help="the fixed test set, for tasks that have one (default: the registry's "
                                           "test_file beside --data)")
     train.add_argument("--out", help="folder to write the trained model (and its checkpoints) to")

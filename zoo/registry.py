@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model, field
 from encoders import ENCODERS, ZooError
 from fusion import FUSIONS
 from tasks import HEADS, METRICS, READERS, SPLITS
+from tasks.baselines import BASELINES
 
 BUILTIN_REGISTRY = Path(__file__).resolve().parent.parent / "registry.yaml"
 
@@ -63,14 +64,31 @@ class HeadSpec(Component):
     unit: str | None = None
 
 
+class DataFile(Spec):
+    """One file of a data set: its sha256, and where it can be downloaded as it is (a tar ``member`` of it)."""
+
+    sha256: str | None = None
+    url: str | None = None
+    member: str | None = None
+
+
+class DatasetSpec(Spec):
+    """A data set as ``registry.yaml: datasets`` declares it."""
+
+    source: str                  # canonical public source, citable
+    license: str | None = None
+    files: dict[str, DataFile] = {}
+
+
 class DataSpec(Spec):
     dataset: str                 # folder name under ZOO_DATA
     file: str                    # file inside that folder
     test_file: str | None = None  # a fixed test set beside it; then ``file`` is split into train and val only
     reader: str = "table"        # how the files are read: a table, or a corpus format (see tasks.READERS)
     test_reader: str | None = None  # how test_file is read, where it differs
-    source: str | None = None    # canonical public address
-    sha256: str | None = None
+    source: str | None = None    # copied in from the dataset's declaration, like ``files``
+    license: str | None = None
+    files: dict[str, DataFile] = {}
     split: str = "random"
     split_key: str | None = None  # column a split groups by (scaffold: SMILES); default: the first input's
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
@@ -107,6 +125,23 @@ class TrainSpec(Spec):
     checkpoint_every: int = 0    # optimizer steps between resumable checkpoints (0: at each epoch end)
 
 
+class BenchSpec(Spec):
+    """How ``zoo bench`` runs a task beyond its own protocol: named ``variants`` (registry overrides; the first,
+    usually ``{}``, is the task as written), a ``baseline`` from ``tasks.baselines`` run on the same featurized
+    rows and splits, and ``quick`` overrides for the CI-sized run (on top of bench's own row and epoch caps)."""
+
+    variants: dict[str, dict] = {"ours": {}}
+    baseline: str | None = None
+    quick: dict[str, object] = {}
+
+    @field_validator("baseline")
+    @classmethod
+    def _known_baseline(cls, v: str | None) -> str | None:
+        if v is not None and v not in BASELINES:
+            raise ValueError(f"unknown baseline {v!r}; known: {', '.join(BASELINES)}")
+        return v
+
+
 class Reference(Spec):
     value: float
     std: float | None = None
@@ -125,6 +160,7 @@ class TaskSpec(Spec):
     metric: str
     weights: str = "bundled"        # "bundled", a folder, or hf://org/repo
     references: dict[str, Reference] = {}
+    bench: BenchSpec = BenchSpec()
 
     @field_validator("metric")
     @classmethod
@@ -185,6 +221,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, object]:
 class Registry:
     encoders: dict[str, dict]
     tasks: dict[str, dict]
+    datasets: dict[str, DatasetSpec]
     sources: list[Path]
 
     def names(self) -> list[str]:
@@ -201,7 +238,18 @@ class Registry:
         for key, value in (overrides or {}).items():
             _set(entry, key, value)
         self._add_encoders(entry)  # an override may have switched an input to another encoder
+        self._add_dataset(entry)
         return validate_task(entry)
+
+    def _add_dataset(self, entry: dict) -> None:
+        """Copy in the declared source, license and hashes of the files the task reads."""
+        data = entry.get("data")
+        dataset = self.datasets.get(data.get("dataset")) if isinstance(data, dict) else None
+        if dataset:
+            data.setdefault("source", dataset.source)
+            data.setdefault("license", dataset.license)
+            data["files"] = {name: f.model_dump() for name, f in dataset.files.items()
+                             if name in (data.get("file"), data.get("test_file"))}
 
     def _add_encoders(self, entry: dict) -> None:
         """Copy in the encoders the task's inputs name (keeping overridden copies), and only those."""
@@ -238,8 +286,8 @@ def _read_yaml(path: Path) -> dict:
         raise ZooError(f"registry {path}: no such file") from None
     except yaml.YAMLError as err:
         raise ZooError(f"registry {path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(data, dict) or set(data) - {"encoders", "tasks"}:
-        raise ZooError(f"registry {path}: expected a mapping with 'encoders' and/or 'tasks'")
+    if not isinstance(data, dict) or set(data) - {"encoders", "tasks", "datasets"}:
+        raise ZooError(f"registry {path}: expected a mapping with 'encoders', 'tasks' and/or 'datasets'")
     return data
 
 
@@ -249,12 +297,17 @@ def load_registry(user: str | os.PathLike | None = None) -> Registry:
     Every task is validated here, so a malformed entry fails at once rather than when it is first used.
     """
     sources = [BUILTIN_REGISTRY] + ([Path(user)] if user else [])
-    encoders, tasks = {}, {}
+    encoders, tasks, datasets = {}, {}, {}
     for path in sources:
         data = _read_yaml(path)
         encoders.update(data.get("encoders") or {})
         tasks.update(data.get("tasks") or {})
-    registry = Registry(encoders, tasks, sources)
+        for name, entry in (data.get("datasets") or {}).items():
+            try:
+                datasets[name] = DatasetSpec.model_validate(entry)
+            except ValidationError as err:
+                raise ZooError(f"registry {path}: dataset {name!r}: {_describe(err)}") from None
+    registry = Registry(encoders, tasks, datasets, sources)
     for name in registry.names():
         registry.task(name)
     return registry
