@@ -20,6 +20,9 @@ import numpy as np
 import torch
 
 ENCODERS: dict[str, type[torch.nn.Module]] = {}
+# The largest file a table cell may name (an encoder may set a smaller bound): a cell naming a 50 GB file
+# is a per-row error, not a job that stalls on reading it.
+MAX_FILE_BYTES = 256 << 20
 
 
 class ZooError(Exception):
@@ -34,10 +37,11 @@ class InputError(ZooError, ValueError):
         super().__init__(f"{modality}: {why}")
 
 
-def input_file(text: str, modality: str) -> Path:
+def input_file(text: str, modality: str, max_bytes: int = MAX_FILE_BYTES) -> Path:
     """The file a table cell names, checked before anything reads it. Relative paths are taken from the data
     root when the user sets one (``ZOO_DATA_ROOT``, or ``zoo predict --data-root``), and a path that leaves
-    that root (``..``, an absolute path, a symlink) is refused, so a table cannot make a job read any file."""
+    that root (``..``, an absolute path, a symlink) is refused, so a table cannot make a job read any file.
+    Devices, pipes and files over ``max_bytes`` are refused too."""
     root = os.environ.get("ZOO_DATA_ROOT")
     path = Path(text).expanduser()
     if root and not path.is_absolute():
@@ -46,12 +50,15 @@ def input_file(text: str, modality: str) -> Path:
         resolved = path.resolve(strict=True)
     except FileNotFoundError:
         raise InputError(modality, f"no such file {text!r}") from None
-    except (OSError, RuntimeError) as err:  # a symlink loop: RuntimeError before Python 3.13, OSError after
-        raise InputError(modality, f"cannot resolve {text!r}: {err}") from None
+    except (OSError, RuntimeError, ValueError) as err:  # a symlink loop (RuntimeError before Python 3.13), a NUL
+        raise InputError(modality, f"cannot resolve {text!r}: {err}") from None  # byte in the name (ValueError)
     if root and not resolved.is_relative_to(Path(root).resolve()):
         raise InputError(modality, f"{text!r} points outside the data root {root}")
     if not resolved.is_file():
         raise InputError(modality, f"{text!r} is not a file")
+    size = resolved.stat().st_size
+    if size > max_bytes:
+        raise InputError(modality, f"{text!r} is {size:,} bytes, over the limit of {max_bytes:,}")
     return resolved
 
 

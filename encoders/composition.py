@@ -17,10 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from encoders.base import InputError, Tokens, concat, pad_tokens, register_encoder, token_index
+from encoders.base import InputError, Tokens, concat, input_file, pad_tokens, register_encoder, token_index
 
 MAX_Z = 103  # up to lawrencium; pymatgen's tables are sparse beyond
 STRUCTURE_FILES = (".cif", ".vasp", ".poscar", ".json")
+MAX_FORMULA_CHARS = 1000  # longer text is no formula, and pymatgen's parser slows down on it
+STRUCTURE_MAX_BYTES = 1 << 20  # the crystal encoder's bound on a structure file
 
 
 @functools.cache
@@ -59,13 +61,19 @@ def parse_composition(raw):
         comp = raw.composition
     elif isinstance(raw, dict) or isinstance(raw, str) and Path(raw.strip()).suffix.lower() in STRUCTURE_FILES:
         try:
-            structure = Structure.from_dict(raw) if isinstance(raw, dict) else Structure.from_file(raw.strip())
+            structure = (Structure.from_dict(raw) if isinstance(raw, dict) else
+                         Structure.from_file(input_file(raw.strip(), "composition", STRUCTURE_MAX_BYTES)))
+        except InputError:
+            raise
         except Exception as err:  # the crystal input reports the details; here only the composition matters
             raise InputError("composition", f"cannot read a composition from this structure: {err}") from None
         comp = structure.composition
     elif isinstance(raw, str):
         if not raw.strip():
             raise InputError("composition", "empty formula")
+        if len(raw) > MAX_FORMULA_CHARS:
+            raise InputError("composition", f"formula of {len(raw):,} characters is over the limit of "
+                                            f"{MAX_FORMULA_CHARS:,}")
         try:
             comp = Composition(raw.strip())
         except Exception as err:  # pymatgen raises ValueError, KeyError or its own errors for bad formulas
@@ -77,6 +85,8 @@ def parse_composition(raw):
         raise InputError("composition", f"unknown element {unknown[0]!r} in formula {str(raw)!r}")
     if comp.num_atoms <= 0:
         raise InputError("composition", f"formula {str(raw)!r} has no atoms")
+    if not math.isfinite(comp.num_atoms):  # pymatgen reads "H1e400" as infinitely many atoms
+        raise InputError("composition", f"formula {str(raw)!r} has an amount beyond floating point")
     return comp
 
 

@@ -21,6 +21,13 @@ from torch.nn import functional as F
 from encoders.base import InputError, Tokens, concat, input_file, pad_tokens, register_encoder, token_index
 
 STRUCTURE_SUFFIXES = {".cif": "cif", ".vasp": "poscar", ".poscar": "poscar", ".json": "json"}
+# Bounds on one structure, so a bad cell is a per-row error and never a stalled or out-of-memory job: the
+# text (or file) is bounded before parsing, the sites after. A cell thinner than MIN_WIDTH or denser than
+# MIN_VOLUME_PER_SITE (both far past any real solid) would put millions of periodic images within the cutoff.
+MAX_SITES = 2000
+MAX_TEXT_BYTES = 1 << 20   # a CIF of ~25,000 sites, parsed in a few seconds
+MIN_WIDTH = 0.5            # Å between opposite faces of the cell
+MIN_VOLUME_PER_SITE = 1.0  # Å^3
 
 
 def parse_structure(raw, ordered: bool = True):
@@ -42,11 +49,26 @@ def parse_structure(raw, ordered: bool = True):
         raise InputError("crystal", f"cannot read structure: {why}") from None
     if len(structure) == 0:
         raise InputError("crystal", "structure has no sites")
+    _check_geometry(structure)
     if ordered and not structure.is_ordered:
         site = next(i for i, s in enumerate(structure) if not s.is_ordered)
         raise InputError("crystal", f"disordered structure (partial occupancy on site {site}: "
                                     f"{structure[site].species}); this encoder needs one species per site")
     return structure
+
+
+def _check_geometry(structure) -> None:
+    if len(structure) > MAX_SITES:
+        raise InputError("crystal", f"{len(structure):,} sites is over the limit of {MAX_SITES:,}")
+    lattice = structure.lattice
+    if not (np.isfinite(lattice.matrix).all() and np.isfinite(structure.frac_coords).all()):
+        raise InputError("crystal", "the lattice or the coordinates hold NaN or inf")
+    if not abs(lattice.volume) / len(structure) >= MIN_VOLUME_PER_SITE:  # a flat cell included (volume 0)
+        raise InputError("crystal", f"{abs(lattice.volume) / len(structure):.3g} Å^3 per site is denser than any "
+                                    f"real crystal (at least {MIN_VOLUME_PER_SITE} Å^3)")
+    width = min(lattice.d_hkl(plane) for plane in ((1, 0, 0), (0, 1, 0), (0, 0, 1)))
+    if width < MIN_WIDTH:
+        raise InputError("crystal", f"the cell is {width:.3g} Å thin, under the {MIN_WIDTH} Å any real crystal has")
 
 
 def _looks_like_path(text: str) -> bool:
@@ -64,13 +86,16 @@ def _read(raw, Structure):
     text = str(raw).strip()
     if not text:
         raise InputError("crystal", "empty structure")
+    if len(text) > MAX_TEXT_BYTES:
+        raise InputError("crystal", f"structure text of {len(text):,} characters is over the limit of "
+                                    f"{MAX_TEXT_BYTES:,}")
     if text.startswith("{"):
         return Structure.from_dict(json.loads(text))
     if "\n" not in text:
         if not _looks_like_path(text):
             raise InputError("crystal", f"{text[:60]!r} is neither a structure file (.cif, .vasp, .json, POSCAR) "
                                         "nor CIF / POSCAR text")
-        return Structure.from_file(input_file(text, "crystal"))
+        return Structure.from_file(input_file(text, "crystal", MAX_TEXT_BYTES))
     return Structure.from_str(text, fmt="cif" if "_cell_length_a" in text else "poscar")
 
 

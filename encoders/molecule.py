@@ -17,6 +17,12 @@ from encoders.base import InputError, Tokens, concat, pad_tokens, register_encod
 
 RDLogger.DisableLog("rdApp.*")  # parse failures are reported per row through InputError instead
 
+# Bounds on one molecule, so a pasted polymer or protein is a per-row error rather than minutes of
+# featurization (100,000 atoms take ~20 s) and a batch that does not fit in memory. The text bound is
+# checked before parsing: OpenSMILES spends at most a few characters per atom.
+MAX_ATOMS = 1000
+MAX_SMILES_CHARS = 20 * MAX_ATOMS
+
 # (name, number of categories) of each atom feature; the last category of each is "other or more".
 ATOM_FEATURES = (
     ("atomic_num", 101), ("degree", 7), ("formal_charge", 7), ("chirality", 8),
@@ -50,17 +56,25 @@ def parse_smiles(smiles) -> Chem.Mol:
     if not isinstance(smiles, str):
         raise InputError("molecule", f"expected a SMILES string, got {type(smiles).__name__}")
     text = smiles.strip()
+    shown = repr(text) if len(text) <= 80 else f"{text[:60]!r}... ({len(text):,} characters)"  # one short error line
     if not text:
         raise InputError("molecule", "empty SMILES")
+    if not text.isascii():  # SMILES are ASCII; RDKit cannot even take a string that is not valid UTF-8
+        raise InputError("molecule", f"SMILES {shown} holds non-ASCII characters")
+    if len(text) > MAX_SMILES_CHARS:
+        raise InputError("molecule", f"SMILES of {len(text):,} characters is over the limit of {MAX_SMILES_CHARS:,}")
     mol = Chem.MolFromSmiles(text, sanitize=False)
     if mol is None:
-        raise InputError("molecule", f"cannot parse SMILES {text!r}")
+        raise InputError("molecule", f"cannot parse SMILES {shown}")
     try:
         Chem.SanitizeMol(mol)
     except Exception as err:  # RDKit raises several unrelated exception types here
-        raise InputError("molecule", f"invalid SMILES {text!r}: {err}") from None
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError("molecule", f"invalid SMILES {shown}: {why}") from None
     if mol.GetNumAtoms() == 0:
-        raise InputError("molecule", f"SMILES {text!r} has no atoms")
+        raise InputError("molecule", f"SMILES {shown} has no atoms")
+    if mol.GetNumAtoms() > MAX_ATOMS:
+        raise InputError("molecule", f"{mol.GetNumAtoms():,} atoms is over the limit of {MAX_ATOMS:,}")
     return mol
 
 

@@ -21,6 +21,9 @@ from encoders.base import InputError, Tokens, register_encoder
 
 OFFLINE_MINILM = "all-MiniLM-L6-v2"
 WORD = re.compile(r"\w+|[^\w\s]")  # words and single punctuation marks, as biomedical NER corpora split them
+# A cell longer than this (a whole book) is refused; shorter texts past ``max_length`` word pieces are cut there,
+# and the words cut are counted (``dropped_words``).
+MAX_TEXT_CHARS = 1_000_000
 
 
 def split_words(text: str) -> list[tuple[str, int, int]]:
@@ -105,6 +108,8 @@ class TextBERT(nn.Module):
 
     def featurize(self, raw) -> TextFeatures:
         if isinstance(raw, str):
+            if len(raw) > MAX_TEXT_CHARS:
+                raise InputError("text", f"{len(raw):,} characters is over the limit of {MAX_TEXT_CHARS:,}")
             spans = split_words(raw)
             words = [w for w, _, _ in spans]
             offsets = np.array([(s, e) for _, s, e in spans], dtype=np.int64).reshape(-1, 2)
@@ -115,7 +120,15 @@ class TextBERT(nn.Module):
             raise InputError("text", f"expected a string or a list of words, got {type(raw).__name__}")
         if not any(w.strip() for w in words):
             raise InputError("text", "the text is empty")
-        encoded = self.tokenizer(words, is_split_into_words=True, truncation=True, max_length=self.max_length)
+        if sum(map(len, words)) > MAX_TEXT_CHARS:
+            raise InputError("text", f"the words hold over {MAX_TEXT_CHARS:,} characters, the limit")
+        try:  # a lone surrogate (bytes decoded with surrogateescape) is no text a tokenizer can take
+            "".join(words).encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise InputError("text", f"not valid Unicode ({err.reason} at character {err.start})") from None
+        # Every word is at least one piece, so words past max_length could never fit: not tokenized at all.
+        encoded = self.tokenizer(words[: self.max_length], is_split_into_words=True, truncation=True,
+                                 max_length=self.max_length)
         word_ids = encoded.word_ids()
         first = [i for i, w in enumerate(word_ids) if w is not None and (i == 0 or word_ids[i - 1] != w)]
         kept, ids = len(first), np.array(encoded["input_ids"], dtype=np.int64)
