@@ -92,14 +92,19 @@ def _read_fits(path: Path, unit: str | None) -> tuple[np.ndarray | None, np.ndar
                     step = header.get("CDELT1", header.get("CD1_1", 1.0))  # FITS WCS, pixels counted from 1
                     x = header["CRVAL1"] + (np.arange(len(y)) + 1 - header.get("CRPIX1", 1.0)) * step
                     return _to_unit(x, header.get("CUNIT1"), unit), y
-    except OSError as err:
+    except InputError:
+        raise
+    except (OSError, ValueError, TypeError) as err:  # a truncated file fails as any of these, in astropy or numpy
         raise InputError("spectrum", f"cannot read FITS file {path.name!r}: {str(err).splitlines()[0]}") from None
     raise InputError("spectrum", f"FITS file {path.name!r} has no 1-D spectrum HDU nor a table with "
                                  f"wavelength and flux columns")
 
 
 def _read_csv(path: Path) -> np.ndarray:
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+    except UnicodeDecodeError as err:
+        raise InputError("spectrum", f"{path.name!r} is not UTF-8 text ({err.reason} at byte {err.start})") from None
     try:
         float(lines[0].split(",")[0])
     except ValueError:
@@ -125,9 +130,10 @@ def read_spectrum(raw, unit: str | None = None) -> tuple[np.ndarray | None, np.n
     text = str(raw).strip()
     if text.startswith(("[", "{")):
         try:
-            return read_spectrum(json.loads(text), unit)
-        except json.JSONDecodeError as err:
-            raise InputError("spectrum", f"cannot parse JSON: {err}") from None
+            parsed = json.loads(text)
+        except (ValueError, RecursionError) as err:  # RecursionError: arrays nested thousands deep
+            raise InputError("spectrum", f"cannot parse JSON: {str(err).splitlines()[0]}") from None
+        return read_spectrum(parsed, unit)
     name = Path(text).name.lower()
     if not name.endswith((".npy", ".csv") + FITS_SUFFIXES):
         raise InputError("spectrum", f"{text[:60]!r} is neither a spectrum file (.npy, .csv, .fits) nor JSON numbers")
@@ -184,7 +190,10 @@ class SpectrumCNN(nn.Module):
             if len(axis) != len(values):
                 raise InputError("spectrum", f"{len(axis)} axis values but {len(values)} intensities")
             intensity, covered = self._resample(axis, values)
-        return Spectrum(self._normalise(intensity, covered).astype(np.float32), covered)
+        intensity = self._normalise(intensity, covered).astype(np.float32)
+        if not np.isfinite(intensity).all():
+            raise InputError("spectrum", "intensities beyond the float32 range (about 3e38)")
+        return Spectrum(intensity, covered)
 
     def _resample(self, axis: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         grid, step = self.grid, self.grid[1] - self.grid[0]
@@ -209,6 +218,8 @@ class SpectrumCNN(nn.Module):
         scale = {"max": np.abs(seen).max(), "area": np.abs(seen).mean(), "snv": seen.std()}[self.normalize]
         if scale == 0:
             raise InputError("spectrum", f"a flat spectrum cannot be normalised ({self.normalize})")
+        if not np.isfinite(scale):
+            raise InputError("spectrum", f"intensities too large to normalise ({self.normalize} overflows)")
         centre = seen.mean() if self.normalize == "snv" else 0.0
         return np.where(covered, (x - centre) / scale, 0.0)
 
