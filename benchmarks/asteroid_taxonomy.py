@@ -9,9 +9,9 @@ resampled spectra and the same splits (fitted on training + validation rows: it 
 Prints test accuracy and macro-F1 for both; writes benchmarks/results/asteroid-taxonomy.json.
 """
 import sys
+from pathlib import Path
 
-from harness import main
-from tasks.baselines import BASELINES
+from zoo.cli import main
 
-if __name__ == "__main__":
-    sys.exit(main("asteroid-taxonomy", __doc__, baseline=("RandomForest", BASELINES["spectrum-random-forest-classifier"])))
+if __name__ == "__main__":  # the protocol (data, split, seeds, variants, baseline) is the registry's
+    sys.exit(main(["bench", "asteroid-taxonomy", "--results", str(Path(__file__).parent / "results"), *sys.argv[1:]]))

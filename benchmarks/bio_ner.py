@@ -8,13 +8,9 @@ Side by side: LoRA (the registry's: a small trained delta on the frozen backbone
 that) and a full fine-tune of the backbone (the artifact holds the whole model).
 """
 import sys
+from pathlib import Path
 
-from harness import main
+from zoo.cli import main
 
-VARIANTS = {
-    "lora": {},
-    "full-finetune": {"inputs.text.transfer": "train", "inputs.text.lr": 5.0e-5},
-}
-
-if __name__ == "__main__":
-    sys.exit(main("bio-ner", __doc__, VARIANTS))
+if __name__ == "__main__":  # the protocol (data, split, seeds, variants, baseline) is the registry's
+    sys.exit(main(["bench", "bio-ner", "--results", str(Path(__file__).parent / "results"), *sys.argv[1:]]))

@@ -6,8 +6,9 @@ Trained on train.tsv (10% held out for validation), scored on test.tsv by exact-
 both types, with per-type F1 (the BioBERT references score each type as its own task).
 """
 import sys
+from pathlib import Path
 
-from harness import main
+from zoo.cli import main
 
-if __name__ == "__main__":
-    sys.exit(main("bio-ner-chem", __doc__))
+if __name__ == "__main__":  # the protocol (data, split, seeds, variants, baseline) is the registry's
+    sys.exit(main(["bench", "bio-ner-chem", "--results", str(Path(__file__).parent / "results"), *sys.argv[1:]]))

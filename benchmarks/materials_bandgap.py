@@ -6,8 +6,9 @@ Matbench-style 5-fold CV (KFold(5, shuffle=True, random_state=18012019)); ``--fo
 CPU budget. Writes benchmarks/results/materials-bandgap.json and a parity plot.
 """
 import sys
+from pathlib import Path
 
-from harness import main
+from zoo.cli import main
 
-if __name__ == "__main__":
-    sys.exit(main("materials-bandgap", __doc__, seed_name="fold"))
+if __name__ == "__main__":  # the protocol (data, split, seeds, variants, baseline) is the registry's
+    sys.exit(main(["bench", "materials-bandgap", "--results", str(Path(__file__).parent / "results"), *sys.argv[1:]]))

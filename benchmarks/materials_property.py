@@ -3,18 +3,14 @@
     python benchmarks/materials_property.py [--folds 0] [--variants chgnet-transfer cgcnn-scratch] [--bundle]
 
 Matbench-style 5-fold CV (KFold(5, shuffle=True, random_state=18012019)); ``--folds 0`` runs one fold.
-Side by side on the same folds: the pretrained CHGNet transfer (the registry's model), a from-scratch
-CGCNN, and the composition alone. Writes benchmarks/results/materials-property.json and a parity plot.
+Side by side on the same folds (the fusion ablation): the pretrained CHGNet transfer fused with the composition
+(the registry's model), the CHGNet structure alone, the composition alone, and a from-scratch CGCNN.
+Writes benchmarks/results/materials-property.json, a parity plot and learning curves.
 """
 import sys
+from pathlib import Path
 
-from harness import main
+from zoo.cli import main
 
-VARIANTS = {
-    "chgnet-transfer": {},
-    "cgcnn-scratch": {"inputs.structure.encoder": "crystal-cgcnn"},
-    "composition-only": {"inputs": {"composition": {"column": "structure", "encoder": "composition"}}},
-}
-
-if __name__ == "__main__":
-    sys.exit(main("materials-property", __doc__, VARIANTS, seed_name="fold"))
+if __name__ == "__main__":  # the protocol (data, split, seeds, variants, baseline) is the registry's
+    sys.exit(main(["bench", "materials-property", "--results", str(Path(__file__).parent / "results"), *sys.argv[1:]]))

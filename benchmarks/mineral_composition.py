@@ -11,9 +11,9 @@ validation rows). Prints test RMSE overall and per target for both; writes
 benchmarks/results/mineral-composition.json and a parity plot.
 """
 import sys
+from pathlib import Path
 
-from harness import main
-from tasks.baselines import BASELINES
+from zoo.cli import main
 
-if __name__ == "__main__":
-    sys.exit(main("mineral-composition", __doc__, baseline=("RandomForest", BASELINES["spectrum-random-forest-regressor"])))
+if __name__ == "__main__":  # the protocol (data, split, seeds, variants, baseline) is the registry's
+    sys.exit(main(["bench", "mineral-composition", "--results", str(Path(__file__).parent / "results"), *sys.argv[1:]]))

@@ -6,8 +6,9 @@ Prints featurization throughput (molecules/s on one core), test RMSE per seed an
 references in registry.yaml; writes benchmarks/results/molecule-solubility.json and a parity plot.
 """
 import sys
+from pathlib import Path
 
-from harness import main
+from zoo.cli import main
 
-if __name__ == "__main__":
-    sys.exit(main("molecule-solubility", __doc__))
+if __name__ == "__main__":  # the protocol (data, split, seeds, variants, baseline) is the registry's
+    sys.exit(main(["bench", "molecule-solubility", "--results", str(Path(__file__).parent / "results"), *sys.argv[1:]]))

@@ -8,8 +8,9 @@ Hits@10), and the reverse. Published Text2Mol/MolT5 numbers were trained on the 
 split, which is not available here, so they are not comparable and not listed.
 """
 import sys
+from pathlib import Path
 
-from harness import main
+from zoo.cli import main
 
-if __name__ == "__main__":
-    sys.exit(main("molecule-text-retrieval", __doc__))
+if __name__ == "__main__":  # the protocol (data, split, seeds, variants, baseline) is the registry's
+    sys.exit(main(["bench", "molecule-text-retrieval", "--results", str(Path(__file__).parent / "results"), *sys.argv[1:]]))

@@ -1,15 +1,17 @@
-"""The `zoo` command: list, info, train, predict."""
+"""The `zoo` command: list, info, train, predict, bench."""
 from __future__ import annotations
 
 import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
 
 from encoders import ZooError
+from zoo.bench import QUICK_EPOCHS, QUICK_ROWS, bench_task
 from zoo.data import data_file
 from zoo.artifacts import atomic_write_text, load, resolve_weights, sha256_file
 from zoo.distributed import process_group, rank_and_world
@@ -139,7 +141,44 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--resume", action="store_true",
                          help="keep the chunks an interrupted run into the same --output finished")
     predict.set_defaults(run=cmd_predict)
+
+    bench = sub.add_parser("bench", help="reproduce a task's benchmark (or all) and write its results and plots")
+    bench.add_argument("task", help="a registry task, or 'all'")
+    bench.add_argument("--seeds", "--folds", dest="seeds", type=int, nargs="+",
+                       help="split seeds (Matbench: test folds); default: the registry's")
+    bench.add_argument("--variants", nargs="+", help="which of the task's bench variants to run (default: all)")
+    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a registry key")
+    bench.add_argument("--data", help="one task's data file, instead of $ZOO_DATA or the download cache")
+    bench.add_argument("--results", help="folder for the JSON and plots (default: benchmarks/results, "
+                                         "or benchmarks/results/quick with --quick)")
+    bench.add_argument("--quick", action="store_true",
+                       help=f"{QUICK_ROWS} rows, {QUICK_EPOCHS} epochs, the first seed: checks the protocol runs")
+    bench.add_argument("--bundle", action="store_true", help="ship the best-validation run as the bundled weights")
+    bench.set_defaults(run=cmd_bench)
     return p
+
+
+def cmd_bench(args) -> int:
+    registry = load_registry(args.registry)
+    names = registry.names() if args.task == "all" else [registry.task(args.task).name]
+    if args.bundle and args.quick:
+        raise ZooError("--bundle ships weights: not from a --quick run")
+    if args.data and len(names) > 1:
+        raise ZooError("--data names one task's file: give a TASK, not 'all'")
+    results = Path(args.results or ("benchmarks/results/quick" if args.quick else "benchmarks/results"))
+    failed, started = [], time.perf_counter()
+    for name in names:
+        try:
+            bench_task(registry, name, seeds=args.seeds, variants=args.variants, overrides=parse_overrides(args.set),
+                       results=results, quick=args.quick, bundle=args.bundle, data=args.data)
+        except ZooError as err:
+            if len(names) == 1:
+                raise
+            print(f"zoo: error: {name}: {err}", file=sys.stderr)
+            failed.append(name)
+    print(f"\nbenched {len(names) - len(failed)} of {len(names)} tasks in {time.perf_counter() - started:.0f} s"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

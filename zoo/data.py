@@ -49,6 +49,7 @@ def download(declared: DataFile, path: Path) -> None:
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         raise ZooError(f"{path.name}: not in {path.parent} and HF_HUB_OFFLINE is set; set ZOO_DATA instead")
     archive = path.with_name(f".{path.name}.download")
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with urllib.request.urlopen(declared.url, timeout=60) as response, open(archive, "wb") as out, tqdm(
                 total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
@@ -62,8 +63,11 @@ def download(declared: DataFile, path: Path) -> None:
 
     def unpack(tmp: Path) -> None:
         if declared.member:
-            with tarfile.open(archive) as tar, tar.extractfile(declared.member) as member, open(tmp, "wb") as out:
-                shutil.copyfileobj(member, out)
+            with tarfile.open(archive) as tar:
+                if declared.member not in tar.getnames():
+                    raise ZooError(f"{declared.url}: no {declared.member!r} in the archive")
+                with tar.extractfile(declared.member) as member, open(tmp, "wb") as out:
+                    shutil.copyfileobj(member, out)
         else:
             shutil.copyfile(archive, tmp)
         if declared.sha256 and (got := sha256_file(tmp)) != declared.sha256:

@@ -1,0 +1,290 @@
+"""`zoo bench TASK|all`: reproduce a registry task's benchmark and write what it measured.
+
+The protocol is the registry's: the data set (hash-checked, see ``zoo.data``), the split, one training run per
+seed (or Matbench fold), the metric, and the task's ``bench:`` variants (registry overrides, e.g. a from-scratch
+encoder against a pretrained one, one modality against the fused model) and baseline (``tasks.baselines``).
+Ours is printed beside the registry's references; ``<results>/<task>.json`` records every run, mean and std,
+wall time, versions, git commit and data sha256, with plots: parity (regression), confusion matrix
+(classification) and learning curves. ``--quick`` runs the same code on a few hundred rows for two epochs, so a
+CI test keeps the protocol from rotting; its numbers mean nothing.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from encoders import InputError
+from tasks import METRICS, SPLITS, score
+from tasks.baselines import BASELINES
+from tasks.metrics import class_labels, tag_sequences
+from tasks.ner import entity_scores
+from zoo.artifacts import BUNDLED, sha256_file, versions
+from zoo.data import data_file
+from zoo.model import ZooModel
+from zoo.registry import Registry, TaskSpec
+from zoo.tables import read_dataset
+from zoo.train import Trainer, _family_metrics, fixed_test_set, prepare
+
+QUICK_ROWS, QUICK_TEST_ROWS, QUICK_EPOCHS = 240, 120, 2
+
+
+def featurization_rate(model: ZooModel, rows: list[dict], limit: int = 2000) -> float:
+    """Rows per second through the task's featurization on one core (first ``limit`` rows, nothing cached)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    sample = rows[:limit]
+    model.featurize(sample[0])  # loads any pretrained backbone outside the timing
+    start = time.perf_counter()
+    for row in sample:
+        try:
+            model.featurize(row)
+        except InputError:
+            pass
+    torch.set_num_threads(threads)
+    return len(sample) / (time.perf_counter() - start)
+
+
+def detail(model: ZooModel, predictions: dict) -> dict:
+    """What a task family reports beyond its metric: per target scores for several regression targets, per
+    entity type scores for tagging."""
+    spec = model.spec
+    if spec.head.type == "regression" and len(spec.head.targets) > 1:
+        true, pred = np.asarray(predictions["true"], float), np.asarray(predictions["pred"], float)
+        return {"test_per_target": {t: score(spec.metric, true[:, j], pred[:, j])
+                                    for j, t in enumerate(spec.head.targets)}}
+    if spec.head.type != "token-classification":
+        return {}
+    names = dict(enumerate(model.head.labels))
+    rename = lambda rows: [[t if t == "O" else f"{t[:2]}{names[int(t[2:])]}" for t in r] for r in rows]
+    gold, pred = rename(tag_sequences(predictions["true"])), rename(tag_sequences(predictions["pred"]))
+    pred = [p[: len(g)] + ["O"] * (len(g) - len(p)) for g, p in zip(gold, pred)]
+    return {"test_per_type": entity_scores(gold, pred)}
+
+
+def summarise(runs: list[dict], metrics: tuple[str, ...]) -> dict:
+    """Mean and std over runs of each test metric, and the mean per target where runs score targets apart."""
+    out = {"test": {m: {"mean": float(np.mean([r["test"][m] for r in runs])),
+                        "std": float(np.std([r["test"][m] for r in runs]))} for m in metrics}}
+    if runs and "test_per_target" in runs[0]:
+        out["test_per_target"] = {t: float(np.mean([r["test_per_target"][t] for r in runs]))
+                                  for t in runs[0]["test_per_target"]}
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+# ---- plots ---------------------------------------------------------------------------------------------
+
+def parity_plot(runs: list[dict], path: Path, spec: TaskSpec) -> None:
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    for run in runs:
+        true, pred = np.ravel(run["test_true"]), np.ravel(run["test_pred"])
+        ax.scatter(true, pred, s=6, alpha=0.5,
+                   label=f"{run['variant']} {run['seed']}: {spec.metric.upper()} {run['test'][spec.metric]:.3f}")
+    lo, hi = ax.get_xlim()
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    unit = spec.head.unit or ""
+    ax.set(xlabel=f"measured ({unit})", ylabel=f"predicted ({unit})", title=f"{spec.name}: test sets")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def confusion_plot(runs: list[dict], path: Path, classes: list[str], title: str) -> None:
+    """Rows: true class, columns: predicted, summed over the runs given (each seed's test set)."""
+    counts = np.zeros((len(classes), len(classes)), dtype=int)
+    for run in runs:
+        true, pred = class_labels(np.asarray(run["test_true"], float), np.asarray(run["test_pred"], float))
+        np.add.at(counts, (true.astype(int), pred.astype(int)), 1)
+    fig, ax = plt.subplots(figsize=(1 + 0.35 * len(classes),) * 2, dpi=120)
+    share = counts / np.maximum(counts.sum(1, keepdims=True), 1)  # of each true class
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), n in np.ndenumerate(counts):
+        if n:
+            ax.text(j, i, n, ha="center", va="center", fontsize=6, color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def curves_plot(runs: list[dict], path: Path, spec: TaskSpec) -> None:
+    """Training loss and validation metric per epoch, one line per run."""
+    fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=120)
+    for run in runs:
+        epochs = [h["epoch"] for h in run["history"]]
+        label = f"{run['variant']} {run['seed']}"
+        loss_ax.plot(epochs, [h["train_loss"] for h in run["history"]], label=label)
+        val_ax.plot(epochs, [h[f"val_{spec.metric}"] for h in run["history"]], label=label)
+    loss_ax.set(xlabel="epoch", ylabel="training loss", yscale="log")
+    val_ax.set(xlabel="epoch", ylabel=f"validation {spec.metric}")
+    val_ax.legend(fontsize=6)
+    fig.suptitle(spec.name)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ---- one task ------------------------------------------------------------------------------------------
+
+def _subset(rows: list[dict], n: int) -> list[dict]:
+    keep = np.sort(np.random.default_rng(0).permutation(len(rows))[:n])
+    return [rows[i] for i in keep]
+
+
+def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None, variants: list[str] | None = None,
+               overrides: dict | None = None, results: Path = Path("benchmarks/results"), quick: bool = False,
+               bundle: bool = False, data: str | None = None) -> dict:
+    """Run ``task``'s benchmark; returns (and writes) its results record."""
+    base = dict(overrides or {})
+    spec = registry.task(task, base)
+    if quick:
+        base = {"train.epochs": min(spec.train.epochs, QUICK_EPOCHS), **spec.bench.quick, **base}
+        spec = registry.task(task, base)
+    chosen = {k: v for k, v in spec.bench.variants.items() if not variants or k in variants}
+    seeds = (seeds or spec.data.seeds)[: 1 if quick else None]
+    seed_name = "fold" if spec.data.split == "matbench-kfold" else "seed"
+
+    path = Path(data) if data else data_file(spec, spec.data.file)
+    rows, data_sha = read_dataset(path, spec.data.reader), sha256_file(path)
+    test_path = spec.data.test_file and (path.parent / spec.data.test_file if data else data_file(spec, spec.data.test_file))
+    test = fixed_test_set(spec, test_path)
+    if quick:  # a subset: nothing cached under the full data's hash
+        rows, data_sha = _subset(rows, QUICK_ROWS), None
+        if test:
+            test = {"test_rows": _subset(test["test_rows"], QUICK_TEST_ROWS), "test_sha256": None}
+
+    runs, rates, work = [], {}, Path(tempfile.mkdtemp(prefix="scizoo-bench-"))
+    try:
+        for variant, variant_overrides in chosen.items():
+            rates[variant] = featurization_rate(ZooModel(registry.task(task, {**base, **variant_overrides})), rows)
+            print(f"[{task} {variant}] featurization: {rates[variant]:,.0f} rows/s on one core")
+            for seed in seeds:
+                seed_spec = registry.task(task, {**base, **variant_overrides, "train.seed": seed})
+                out = work / f"{variant}-{seed}"
+                start = time.perf_counter()
+                model, m = Trainer(seed_spec, out=out, progress=not quick).fit(rows, data_sha256=data_sha, **test)
+                wall = time.perf_counter() - start
+                weights_mb = (out / "model.safetensors").stat().st_size / 1e6
+                history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+                runs.append({"variant": variant, "seed": seed, "val": m["val"], "test": m["test"],
+                             "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"], "wall_s": round(wall, 1),
+                             "weights_mb": round(weights_mb, 2), **detail(model, m["test_predictions"]),
+                             "history": history,
+                             "test_true": m["test_predictions"]["true"], "test_pred": m["test_predictions"]["pred"]})
+                print(f"[{task} {variant}] {seed_name} {seed}: test {spec.metric.upper()} "
+                      f"{m['test'][spec.metric]:.4f} (val {m['val'][spec.metric]:.4f}, best epoch {m['best_epoch']}, "
+                      f"{wall:.0f} s, weights {weights_mb:.1f} MB)")
+                if "test_per_type" in runs[-1]:
+                    print(f"[{task} {variant}] per type: " + ", ".join(
+                        f"{t} F1 {v['f1']:.3f}" for t, v in runs[-1]["test_per_type"].items()))
+        if spec.bench.baseline:
+            runs += _baseline_runs(registry, task, {**base, **next(iter(chosen.values()))}, rows, data_sha, seeds,
+                                  seed_name)
+        record = _record(spec, chosen, runs, rates, seeds, seed_name, path, data_sha or sha256_file(path), quick)
+        _write(record, runs, spec, results, chosen)
+        if bundle:
+            _bundle(spec, runs, work, next(iter(chosen)), seed_name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return record
+
+
+def _baseline_runs(registry: Registry, task: str, overrides: dict, rows: list[dict], data_sha: str | None,
+                   seeds: list[int], seed_name: str) -> list[dict]:
+    """The task's baseline on each seed's split of the first variant's featurized rows (the rows ours saw)."""
+    name = registry.task(task, overrides).bench.baseline
+    runs = []
+    for seed in seeds:
+        model = ZooModel(registry.task(task, {**overrides, "train.seed": seed}))
+        prepared = prepare(model, rows, progress=False, data_sha256=data_sha)  # cached by the runs above
+        split = model.spec.data
+        train_idx, val_idx, test_idx = SPLITS[split.split](prepared.keys, split.fractions, seed)
+        start = time.perf_counter()
+        pred = np.asarray(BASELINES[name](prepared.features, prepared.targets,
+                                          np.concatenate([train_idx, val_idx]), test_idx))
+        predictions = {"true": prepared.targets[test_idx], "pred": pred}
+        runs.append({"variant": name, "seed": seed, "baseline": True,
+                     "test": {m: score(m, predictions["true"], pred) for m in _family_metrics(model.spec.metric)},
+                     "wall_s": round(time.perf_counter() - start, 1), **detail(model, predictions),
+                     "test_true": predictions["true"].tolist(), "test_pred": pred.tolist()})
+        print(f"[{task} {name}] {seed_name} {seed}: test {model.spec.metric.upper()} "
+              f"{runs[-1]['test'][model.spec.metric]:.4f} ({runs[-1]['wall_s']:.0f} s)")
+    return runs
+
+
+def _record(spec: TaskSpec, chosen: dict, runs: list[dict], rates: dict, seeds: list[int], seed_name: str,
+            path: Path, data_sha: str, quick: bool) -> dict:
+    metrics = _family_metrics(spec.metric)
+    groups = list(chosen) + ([spec.bench.baseline] if spec.bench.baseline else [])
+    summaries = {v: summarise([r for r in runs if r["variant"] == v], metrics) for v in groups}
+    print(f"\n{'model':<36} " + " ".join(f"{'test ' + m.upper():>17}" for m in metrics))
+    for v in groups:
+        cells = [f"{summaries[v]['test'][m]['mean']:>8.4f} ± {summaries[v]['test'][m]['std']:.4f}" for m in metrics]
+        label = v if v == spec.bench.baseline else f"SciZoo {v}"
+        print(f"{label:<36} {' '.join(cells)}  ({seed_name}s {seeds})")
+    for name, ref in spec.references.items():
+        print(f"{name:<36} {ref.value:.4f}{f' ± {ref.std:.4f}' if ref.std is not None else ''}  ({ref.source})")
+    if "test_per_target" in runs[0]:
+        print(f"\n{'test ' + spec.metric.upper() + ' per target (mean)':<36} " + " ".join(f"{g:>17}" for g in groups))
+        for t in spec.head.targets:
+            print(f"{t:<36} " + " ".join(f"{summaries[v]['test_per_target'][t]:>17.4f}" for v in groups))
+    first = next(iter(chosen))
+    by_variant = {v: {"mean": summaries[v]["test"][spec.metric]["mean"], "std": summaries[v]["test"][spec.metric]["std"],
+                      "featurization_rows_per_s": round(rates[v], 1), **summaries[v]} for v in chosen}
+    return {
+        "task": spec.name, "metric": spec.metric, "quick": quick,
+        "split": f"{spec.data.split} {list(spec.data.fractions)}", f"{seed_name}s": seeds,
+        "data": f"{spec.data.dataset}/{path.name}", "data_sha256": data_sha, "data_source": spec.data.source,
+        "mean": by_variant[first]["mean"], "std": by_variant[first]["std"], "variants": by_variant,
+        **({"baseline": {"name": spec.bench.baseline, **summaries[spec.bench.baseline]}} if spec.bench.baseline else {}),
+        "runs": [{k: v for k, v in r.items() if k not in ("test_true", "test_pred")} for r in runs],
+        "references": {k: v.model_dump() for k, v in spec.references.items()},
+        "overrides": chosen, "wall_s": round(sum(r["wall_s"] for r in runs), 1),
+        "versions": versions(), "git_commit": git_commit(),
+    }
+
+
+def _write(record: dict, runs: list[dict], spec: TaskSpec, results: Path, chosen: dict) -> None:
+    results.mkdir(parents=True, exist_ok=True)
+    ours = [r for r in runs if not r.get("baseline")]
+    if spec.head.type == "regression":
+        parity_plot(runs, results / f"{spec.name}-parity.png", spec)
+    if spec.head.type == "classification":
+        first = next(iter(chosen))
+        confusion_plot([r for r in runs if r["variant"] == first], results / f"{spec.name}-confusion.png",
+                       spec.head.params["classes"], f"{spec.name} ({first}, test sets of all seeds)")
+    curves_plot(ours, results / f"{spec.name}-curves.png", spec)
+    (results / f"{spec.name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {results / f'{spec.name}.json'} and its plots")
+
+
+def _bundle(spec: TaskSpec, runs: list[dict], work: Path, first: str, seed_name: str) -> None:
+    """Ship the best-validation run of the task's own variant as its bundled weights (the artifact only)."""
+    sign = -1 if METRICS[spec.metric].higher_is_better else 1
+    best = min((r for r in runs if r["variant"] == first), key=lambda r: sign * r["val"][spec.metric])
+    target = BUNDLED / spec.name
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(work / f"{first}-{best['seed']}", target,
+                    ignore=shutil.ignore_patterns("metrics.jsonl", "checkpoint.pt", "tensorboard", "*.lock"))
+    print(f"bundled {first} {seed_name} {best['seed']} (val {spec.metric} {best['val'][spec.metric]:.4f}) into {target}")
