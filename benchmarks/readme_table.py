@@ -13,19 +13,27 @@ README = HERE.parent / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
+def _row(r: dict, label: str, variant: str, mean: float, std: float, refs: str) -> str:
+    runs = ", ".join(f"{run['test'][r['metric']]:.3f}" for run in r["runs"] if run["variant"] == variant)
+    return (f"| `{r['task']}` | {label} | {r['metric'].upper()} ({r['split']}) | **{mean:.3f} ± {std:.3f}** | "
+            f"{runs} | {refs} |")
+
+
 def table() -> str:
-    lines = ["| task | variant | metric (split) | ours: mean ± std | per run | references |",
+    lines = ["| task | model | metric (split) | test: mean ± std | per run | references |",
              "|---|---|---|---|---|---|"]
     for path in sorted((HERE / "results").glob("*.json")):
         r = json.loads(path.read_text())
-        if "variants" not in r:  # throughput.json and other non-task reports
+        if "variants" not in r or r.get("quick"):  # throughput.json; --quick runs measure nothing
             continue
         refs = "; ".join(f"{name} {ref['value']}" + (f" ± {ref['std']}" if ref.get("std") is not None else "")
                          for name, ref in r["references"].items())
         for variant, v in r["variants"].items():
-            runs = ", ".join(f"{run['test'][r['metric']]:.3f}" for run in r["runs"] if run["variant"] == variant)
-            lines.append(f"| `{r['task']}` | {variant} | {r['metric'].upper()} ({r['split']}) | "
-                         f"**{v['mean']:.3f} ± {v['std']:.3f}** | {runs} | {refs} |")
+            lines.append(_row(r, variant, variant, v["mean"], v["std"], refs))
+        if "baseline" in r:  # run beside ours on the same splits
+            b = r["baseline"]
+            lines.append(_row(r, f"{b['name']} (baseline)", b["name"], b["test"][r["metric"]]["mean"],
+                              b["test"][r["metric"]]["std"], refs))
     return "\n".join(lines)
 
 
