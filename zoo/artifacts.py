@@ -2,20 +2,25 @@
 
 Weights are safetensors only (loading a stranger's checkpoint must never run code), every file is written
 to a temporary name and renamed into place, and config.yaml is written last and records the weights' sha256,
-so a folder is either a complete artifact or refused on load.
+so a folder is either a complete artifact or refused on load. The config names its encoder, fusion and head
+types, which must be registered ones: a config cannot make the loader import or build anything else.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
+import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from filelock import FileLock, Timeout
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors, save_file
 
 from encoders import ZooError
 from zoo.model import ZooModel
@@ -47,6 +52,52 @@ def atomic_write(path: Path, write) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+class _Replaced(Exception):
+    """The lock file was removed (by the holder finishing) between our open and our lock: not a lock."""
+
+
+_HELD: set[Path] = set()  # lock files this process holds, so a nested ``exclusive`` of the same one passes
+
+
+@contextlib.contextmanager
+def exclusive(path: Path, busy: str):
+    """Hold the lock file ``path`` for the block, or fail at once with ZooError(``busy``) when another process
+    holds it. The file is removed on the way out (while still held), so it leaves nothing behind; a process
+    that opened it just before then finds its lock on a removed file and tries again."""
+    path = Path(path).resolve()
+    if path in _HELD:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def same_file(fd: int) -> None:
+        try:
+            if os.path.samestat(os.fstat(fd), path.stat()):
+                return
+        except FileNotFoundError:
+            pass
+        raise _Replaced
+
+    for _ in range(3):
+        lock = FileLock(path, on_acquired=same_file)
+        try:
+            lock.acquire(timeout=0)
+            break
+        except Timeout:
+            raise ZooError(busy) from None
+        except _Replaced:
+            continue
+    else:
+        raise ZooError(busy)
+    _HELD.add(path)
+    try:
+        yield
+    finally:
+        _HELD.discard(path)
+        path.unlink(missing_ok=True)
+        lock.release()
 
 
 def sha256_file(path: Path) -> str:
@@ -90,19 +141,33 @@ def save(model: ZooModel, out: Path, metrics: dict, data_sha256: str | None = No
 
 
 def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu") -> ZooModel:
+    """A model folder -> the model, checked before anything is built from it: config.yaml is plain YAML
+    naming only registered types, model.safetensors has the sha256 config.yaml records, and every tensor
+    has the name and shape the model expects."""
     path = Path(path)
     config_path = path / "config.yaml"
     if not config_path.is_file():
         raise ZooError(f"{path}: not a SciZoo model folder (no config.yaml)")
-    config = yaml.safe_load(config_path.read_text())
-    spec = validate_task(config["task"])
+    try:
+        config = yaml.safe_load(config_path.read_text())  # safe_load: a config cannot construct Python objects
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ZooError(f"{config_path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("task"), dict):
+        raise ZooError(f"{config_path}: not a SciZoo model config (no 'task' mapping)")
+    if not isinstance(config.get("weights_sha256"), str):
+        raise ZooError(f"{config_path}: records no weights_sha256, so model.safetensors cannot be checked")
+    spec = validate_task(config["task"])  # refuses any encoder, fusion or head type outside our registries
     weights = path / "model.safetensors"
     if not weights.is_file():
         raise ZooError(f"{path}: model.safetensors is missing")
-    if config.get("weights_sha256") and sha256_file(weights) != config["weights_sha256"]:
+    data = weights.read_bytes()  # hashed and parsed from the same bytes: no window for the file to change
+    if hashlib.sha256(data).hexdigest() != config["weights_sha256"]:
         raise ZooError(f"{weights}: sha256 does not match config.yaml (truncated or modified file)")
+    try:
+        state = load_safetensors(data)
+    except SafetensorError as err:
+        raise ZooError(f"{weights}: not a readable safetensors file ({str(err).splitlines()[0]})") from None
     model = ZooModel(spec)
-    state = load_file(str(weights))
     rebuilt = model.pretrained_frozen()
     expected = {k: v for k, v in model.state_dict().items() if k not in rebuilt}
     for key in sorted(set(expected) | set(state)):
@@ -129,14 +194,27 @@ def resolve_weights(spec: TaskSpec) -> Path:
 
 
 def download(url: str, into: Path) -> Path:
-    """Fetch an artifact folder from the Hugging Face Hub into the local store (refused when offline)."""
+    """Fetch an artifact folder from the Hugging Face Hub into the local store (refused when offline).
+
+    One process downloads (the others wait on a lock), into a temporary folder renamed into place when
+    complete, so a concurrent ``load`` sees no folder or a whole one. What arrives is checked like any
+    artifact on load (sha256, registered types, safetensors only)."""
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         raise ZooError(f"{url}: not in the local store {into} and HF_HUB_OFFLINE is set")
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise ZooError(f"{url}: downloading needs huggingface_hub (pip install huggingface_hub)") from None
-    snapshot_download(url.removeprefix("hf://"), local_dir=into, allow_patterns=list(FILES))
+    into.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(into.parent / f".{into.name}.download.lock"):
+        if not (into / "config.yaml").is_file():  # another process may have fetched it while we waited
+            partial = Path(tempfile.mkdtemp(dir=into.parent, prefix=f".{into.name}."))
+            try:
+                snapshot_download(url.removeprefix("hf://"), local_dir=partial, allow_patterns=list(FILES))
+                shutil.rmtree(into, ignore_errors=True)  # a folder left without config.yaml is incomplete
+                os.replace(partial, into)
+            finally:
+                shutil.rmtree(partial, ignore_errors=True)
     return into
 
 
