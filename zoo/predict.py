@@ -5,6 +5,7 @@ The output file appears only when complete (written under a temporary name, then
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import shutil
@@ -17,7 +18,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from encoders import ZooError
-from zoo.artifacts import atomic_write
+from zoo.artifacts import atomic_write, exclusive
 from zoo.distributed import barrier, rank_and_world
 from zoo.model import ZooModel
 from zoo.tables import TableWriter, iter_table, read_rows, table_format
@@ -143,36 +144,41 @@ def predict_table(model: ZooModel, path: str | Path, output: str | Path | None =
     output = Path(output)
     parts = output.parent / f".{output.name}.parts"
     rank, world = rank_and_world()
-    if rank == 0 and not resume:
-        shutil.rmtree(parts, ignore_errors=True)
-    parts.mkdir(parents=True, exist_ok=True)
-    barrier()
-    n_chunks = 0
-    for i, batch in enumerate(chunks):
-        n_chunks = i + 1
-        part = parts / f"part-{i:07d}.arrow"
-        if i % world == rank and not part.is_file():
-            table = predicted(batch)
-            atomic_write(part, lambda tmp: _write_ipc(tmp, table))
-        bar.update(len(batch))
-    bar.close()
-    barrier()
-    summary = Summary()
-    if rank == 0:
-        def join(tmp: Path) -> None:
-            writer = None
-            for i in range(n_chunks):
-                with pa.memory_map(str(parts / f"part-{i:07d}.arrow")) as source:
-                    table = pa.ipc.open_file(source).read_all()
-                summary.add(table)
-                writer = writer or TableWriter(tmp, table.schema, kind=table_format(output))
-                for batch in table.to_batches():
-                    writer.write(batch)
-            writer.close()
+    # Rank 0 holds a lock beside the output for the whole run: a second predict into it would clear or mix
+    # this run's parts.
+    lock = exclusive(output.parent / f".{output.name}.lock", f"{output}: another zoo predict is writing it; wait "
+                     "for it to finish or write to another --output") if rank == 0 else contextlib.nullcontext()
+    with lock:
+        if rank == 0 and not resume:
+            shutil.rmtree(parts, ignore_errors=True)
+        parts.mkdir(parents=True, exist_ok=True)
+        barrier()
+        n_chunks = 0
+        for i, batch in enumerate(chunks):
+            n_chunks = i + 1
+            part = parts / f"part-{i:07d}.arrow"
+            if i % world == rank and not part.is_file():
+                table = predicted(batch)
+                atomic_write(part, lambda tmp: _write_ipc(tmp, table))
+            bar.update(len(batch))
+        bar.close()
+        barrier()
+        summary = Summary()
+        if rank == 0:
+            def join(tmp: Path) -> None:
+                writer = None
+                for i in range(n_chunks):
+                    with pa.memory_map(str(parts / f"part-{i:07d}.arrow")) as source:
+                        table = pa.ipc.open_file(source).read_all()
+                    summary.add(table)
+                    writer = writer or TableWriter(tmp, table.schema, kind=table_format(output))
+                    for batch in table.to_batches():
+                        writer.write(batch)
+                writer.close()
 
-        atomic_write(output, join)
-        shutil.rmtree(parts, ignore_errors=True)
-    return summary
+            atomic_write(output, join)
+            shutil.rmtree(parts, ignore_errors=True)
+        return summary
 
 
 def _write_ipc(path: Path, table: pa.Table) -> None:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from encoders import InputError, ZooError
 from tasks import METRICS, SPLITS, score
-from zoo.artifacts import save, sha256_file
+from zoo.artifacts import exclusive, save, sha256_file
 from zoo.cache import cache_path, load_features, save_features
 from zoo.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from zoo.distributed import rank_and_world
@@ -121,6 +121,9 @@ def _lr_factor(step: int, warmup: int, total: int, final: float) -> float:
     return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+LOCK = ".train.lock"  # in the output folder while a run writes to it
+
+
 class Trainer:
     def __init__(self, spec: TaskSpec, out: Path | None = None, progress: bool = True):
         self.spec, self.out, self.progress = spec, Path(out) if out else None, progress
@@ -173,7 +176,14 @@ class Trainer:
         """Train on ``rows`` split by the registry; with ``test_rows`` (a fixed test set) ``rows`` give only
         training and validation, in the proportions of the first two fractions. ``resume`` continues from
         the checkpoint in ``out``. Under torchrun each rank trains on its share of every global batch (DDP);
-        only rank 0 logs, checkpoints and saves."""
+        only rank 0 logs, checkpoints and saves, holding a lock on ``out`` so a second run into it refuses."""
+        if not self.out or rank_and_world()[0]:
+            return self._fit(rows, data_sha256, test_rows, test_sha256, resume)
+        with exclusive(self.out / LOCK, f"{self.out}: another training run is writing to this folder; wait for it "
+                                        "to finish or train into another --out"):
+            return self._fit(rows, data_sha256, test_rows, test_sha256, resume)
+
+    def _fit(self, rows, data_sha256, test_rows, test_sha256, resume) -> tuple[ZooModel, dict]:
         spec, cfg = self.spec, self.spec.train
         rank, world = rank_and_world()
         seed_everything(cfg.seed)
