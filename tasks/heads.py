@@ -168,34 +168,74 @@ class TokenClassificationHead(nn.Module):
 
 
 class ContrastiveHead(nn.Module):
-    """Two inputs embedded into one space, trained with the symmetric InfoNCE loss (CLIP's): in a batch,
-    each query's own candidate is the positive and every other row's is a negative. The pair is the label,
-    so there is no target column; ``forward`` gives L2-normalised (query, candidate) embeddings [B, 2, E]."""
+    """Two sides embedded into one space, trained with the symmetric InfoNCE loss (CLIP's): in a batch, each
+    query's own candidate is the positive and every other row's is a negative. ``forward`` gives
+    L2-normalised (query, candidate) embeddings [B, 2, E].
 
-    def __init__(self, dim: int, *, query: str, candidate: str, targets: dict[str, str] | None = None,
-                 embedding: int = 256, temperature: float = 0.07):
+    A side may be several inputs (an MS/MS spectrum and its precursor ion; a molecule's graph and its mass):
+    each is mean-pooled over its tokens, and the pooled vectors, with a flag per input saying whether the row
+    has it, go through an MLP of ``hidden`` units. One input goes through a linear projection (or the same MLP
+    when ``hidden`` > 0).
+
+    The pair is the label, so no target column is needed. ``targets: {name: column}`` names a group column
+    instead (a compound's InChIKey block), for data with several queries per candidate: rows of one group
+    share their candidate, so the loss never takes another row of the group as a negative (those logits are
+    masked out), and the retrieval metrics count each group's candidate once (see ``tasks.metrics.ranks``).
+    Group ids are 1, 2, ... in order of the rows read (exact in float32 up to 2**24 groups); 0 is no group."""
+
+    def __init__(self, dim: int, *, query: str | list[str], candidate: str | list[str],
+                 targets: dict[str, str] | None = None, embedding: int = 256, temperature: float = 0.07,
+                 hidden: int = 0):
         super().__init__()
         self.targets, self.outputs, self.numeric = [], ["matches"], []
-        self.query, self.candidate = query, candidate
-        self.project = nn.ModuleDict({n: nn.Linear(dim, embedding) for n in (query, candidate)})
+        self.sides = [[query] if isinstance(query, str) else list(query),
+                      [candidate] if isinstance(candidate, str) else list(candidate)]
+        self.query, self.candidate = self.sides[0][0], self.sides[1][0]  # each side's first input names it
+        self.group_column = next(iter((targets or {}).values()), None)
+
+        def layer(names: list[str]) -> nn.Module:
+            if len(names) == 1 and not hidden:
+                return nn.Linear(dim, embedding)
+            width = dim if len(names) == 1 else len(names) * (dim + 1)
+            return nn.Sequential(nn.Linear(width, hidden or dim), nn.GELU(), nn.Linear(hidden or dim, embedding))
+
+        # Keyed by the input's name for a one-input side, so older artifacts (one linear layer a side) still load.
+        self.keys = ["+".join(names) for names in self.sides]
+        self.project = nn.ModuleDict({key: layer(names) for key, names in zip(self.keys, self.sides)})
         self.log_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)))
 
     def read_targets(self, rows: list[dict]) -> np.ndarray:
-        return np.zeros((len(rows), 1))
+        """Group ids [N, 1] (NaN where the group cell is empty), or zeros without a group column."""
+        if self.group_column is None:
+            return np.zeros((len(rows), 1))
+        keys = [row.get(self.group_column) for row in rows]
+        present = [k is not None and str(k).strip() not in ("", "nan") for k in keys]
+        ids: dict[str, int] = {}
+        return np.array([[ids.setdefault(str(k), len(ids) + 1) if ok else np.nan] for k, ok in zip(keys, present)])
 
     def fit(self, y: np.ndarray) -> None:
         pass
 
-    def embed(self, fused: Fused, name: str) -> torch.Tensor:
+    @staticmethod
+    def _pool(fused: Fused, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         x, mask = fused.tokens[name], fused.masks[name].unsqueeze(-1)
-        pooled = (x * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return F.normalize(self.project[name](pooled), dim=-1)
+        return (x * mask).sum(1) / mask.sum(1).clamp(min=1), mask.any(1).to(x.dtype)
+
+    def _side(self, fused: Fused, key: str, names: list[str]) -> torch.Tensor:
+        pooled = [self._pool(fused, name) for name in names]
+        x = pooled[0][0] if len(pooled) == 1 else torch.cat([v for p in pooled for v in p], -1)
+        return self.project[key](x)
 
     def forward(self, fused: Fused) -> torch.Tensor:
-        return torch.stack([self.embed(fused, self.query), self.embed(fused, self.candidate)], 1)
+        sides = [self._side(fused, key, names) for key, names in zip(self.keys, self.sides)]
+        return F.normalize(torch.stack(sides, 1), dim=-1)
 
     def loss(self, raw: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         logits = self.log_scale.clamp(max=math.log(100)).exp() * raw[:, 0] @ raw[:, 1].T
+        group = target[:, 0]
+        others = (group[:, None] == group[None, :]) & (group[:, None] > 0)
+        others.fill_diagonal_(False)
+        logits = logits.masked_fill(others, float("-inf"))  # the same candidate under another row: no negative
         labels = torch.arange(len(raw), device=raw.device)
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 

@@ -40,13 +40,33 @@ def _entity_f1(y: np.ndarray, p: np.ndarray) -> float:
     return entity_scores(gold, predicted)["micro"]["f1"]
 
 
-def ranks(p: np.ndarray, reverse: bool = False) -> np.ndarray:
-    """1-based rank of each row's own partner among all rows; ``p`` [N, 2, E] holds (query, candidate)
-    embeddings, L2-normalised. ``reverse`` ranks queries for each candidate instead."""
-    query, candidate = (p[:, 1], p[:, 0]) if reverse else (p[:, 0], p[:, 1])
-    similarity = query @ candidate.T
-    own = np.diag(similarity)
-    return 1 + (similarity > own[:, None]).sum(1)
+def groups_of(y: np.ndarray) -> np.ndarray:
+    """Each row's group id from a contrastive head's targets: rows with the same positive id share one candidate
+    (spectra of one compound); 0 (or no targets) means a group of its own, as for plain pairs."""
+    y = np.asarray(y, float).reshape(len(y), -1)[:, 0] if np.size(y) else np.zeros(0)
+    return np.where(y > 0, y, -1.0 - np.arange(len(y)))
+
+
+def ranks(p: np.ndarray, reverse: bool = False, groups: np.ndarray | None = None) -> np.ndarray:
+    """1-based rank of each row's own partner among the distinct candidates; ``p`` [N, 2, E] holds (query,
+    candidate) embeddings, L2-normalised. With ``groups`` (see ``groups_of``), rows of one group share one
+    candidate: it is counted once, and never as a negative for the group's other queries. ``reverse`` ranks
+    the queries for each row's candidate instead, leaving out the other queries of its group."""
+    groups = np.arange(len(p)) if groups is None else np.asarray(groups)
+    query, candidate = p[:, 0], p[:, 1]
+    same = groups[:, None] == groups[None, :]
+    if reverse:
+        similarity = candidate @ query.T  # [row's candidate, query]
+        own = np.diag(similarity)
+        return 1 + ((similarity > own[:, None]) & ~same).sum(1)
+    _, first = np.unique(groups, return_index=True)  # one candidate per group (its duplicates embed alike)
+    similarity = query @ candidate[first].T  # [query, distinct candidate]
+    own = (query * candidate).sum(1)
+    return 1 + ((similarity > own[:, None]) & (groups[first][None, :] != groups[:, None])).sum(1)
+
+
+def _ranks(y: np.ndarray, p: np.ndarray, reverse: bool = False) -> np.ndarray:
+    return ranks(p, reverse, groups_of(y))
 
 
 def class_labels(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -70,10 +90,11 @@ METRICS = {
     "r2": Metric(lambda y, p: float(skm.r2_score(y, p)), higher_is_better=True),
     "roc_auc": Metric(_roc_auc, higher_is_better=True),
     "entity_f1": Metric(_entity_f1, higher_is_better=True, per_target=False),
-    "mrr": Metric(lambda y, p: float(np.mean(1 / ranks(p))), higher_is_better=True, per_target=False),
-    "mrr_reverse": Metric(lambda y, p: float(np.mean(1 / ranks(p, True))), higher_is_better=True, per_target=False),
-    "hits@1": Metric(lambda y, p: float(np.mean(ranks(p) <= 1)), higher_is_better=True, per_target=False),
-    "hits@10": Metric(lambda y, p: float(np.mean(ranks(p) <= 10)), higher_is_better=True, per_target=False),
+    "mrr": Metric(lambda y, p: float(np.mean(1 / _ranks(y, p))), higher_is_better=True, per_target=False),
+    "mrr_reverse": Metric(lambda y, p: float(np.mean(1 / _ranks(y, p, True))), higher_is_better=True,
+                          per_target=False),
+    "hits@1": Metric(lambda y, p: float(np.mean(_ranks(y, p) <= 1)), higher_is_better=True, per_target=False),
+    "hits@10": Metric(lambda y, p: float(np.mean(_ranks(y, p) <= 10)), higher_is_better=True, per_target=False),
     "accuracy": Metric(lambda y, p: float(skm.accuracy_score(*class_labels(y, p))), higher_is_better=True,
                        per_target=False),
     "macro_f1": Metric(_macro_f1, higher_is_better=True, per_target=False),

@@ -77,7 +77,22 @@ def stratified_split(labels: list, fractions: tuple[float, float, float], seed: 
     return np.array(train, dtype=int), np.array(val, dtype=int), np.array(test, dtype=int)
 
 
-# Each takes the split key of every row (SMILES for scaffolds, the class for stratified), the three fractions
-# and a seed.
+def group_split(groups: list, fractions: tuple[float, float, float], seed: int) -> tuple[np.ndarray, ...]:
+    """Whole groups (the split key: a compound's first InChIKey block, say) go to one set each, so no group is
+    in two sets. The distinct groups are shuffled (seeded) and cut in ``fractions`` of the *groups*, rounded;
+    a set's share of rows then follows the groups' sizes. Rows without a key each form their own group."""
+    index: dict[object, list[int]] = defaultdict(list)
+    for i, key in enumerate(groups):
+        missing = key is None or (isinstance(key, float) and np.isnan(key)) or not str(key).strip()
+        index[("row", i) if missing else key].append(i)
+    members = list(index.values())
+    order = np.random.default_rng(seed).permutation(len(members))
+    n_train, n_val = int(round(fractions[0] * len(members))), int(round(fractions[1] * len(members)))
+    cut = (order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :])
+    return tuple(np.array(sorted(i for g in part for i in members[g]), dtype=int) for part in cut)
+
+
+# Each takes the split key of every row (SMILES for scaffolds, the class for stratified, the group for group),
+# the three fractions and a seed.
 SPLITS = {"random": random_split, "scaffold": scaffold_split, "matbench-kfold": matbench_split,
-          "stratified": stratified_split}
+          "stratified": stratified_split, "group": group_split}
