@@ -1,5 +1,5 @@
 """Modality encoders. Importing this package registers every built-in encoder type."""
 from encoders.base import ENCODERS, InputError, Tokens, ZooError, build_encoder, register_encoder
-from encoders import composition, crystal, image, molecule, spectrum, text  # noqa: F401  (registers every encoder type)
+from encoders import composition, crystal, image, mass, molecule, spectrum, text  # noqa: F401  (registers every encoder type)
 
 __all__ = ["ENCODERS", "InputError", "Tokens", "ZooError", "build_encoder", "register_encoder"]

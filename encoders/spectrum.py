@@ -156,17 +156,20 @@ class SpectrumCNN(nn.Module):
 
     ``normalize`` rescales each spectrum over its covered points: ``max`` by its largest |value|, ``area`` by its
     mean |value| (area per unit axis), ``snv`` to zero mean and unit variance; ``none`` keeps absolute levels.
+    ``intensity: sqrt`` then takes the signed square root, which lifts small peaks against the base peak (as
+    MS/MS spectral matching does: a fragment at 5% still counts).
     """
 
     def __init__(self, *, axis_min: float, axis_max: float, points: int, unit: str | None = None,
                  mode: Literal["dense", "peaks"] = "dense", normalize: Literal["none", "max", "area", "snv"] = "none",
-                 channels: int = 64, layers: int = 4, kernel: int = 9, segments: int = 16, dim: int = 128,
-                 dropout: float = 0.0):
+                 intensity: Literal["linear", "sqrt"] = "linear", channels: int = 64, layers: int = 4, kernel: int = 9,
+                 segments: int = 16, dim: int = 128, dropout: float = 0.0):
         super().__init__()
         if points < segments or axis_max <= axis_min:
             raise ValueError(f"a grid of {points} points over [{axis_min}, {axis_max}] cannot make {segments} segments")
         self.grid = np.linspace(axis_min, axis_max, points)
         self.unit, self.mode, self.normalize, self.segments, self.out_dim = unit, mode, normalize, segments, dim
+        self.intensity = intensity
         # Each block halves the resolution, so the receptive field grows to most of a broad absorption band.
         blocks, width = [], 2  # two input channels: intensity, and whether the input covered the point
         for _ in range(layers):
@@ -190,7 +193,10 @@ class SpectrumCNN(nn.Module):
             if len(axis) != len(values):
                 raise InputError("spectrum", f"{len(axis)} axis values but {len(values)} intensities")
             intensity, covered = self._resample(axis, values)
-        intensity = self._normalise(intensity, covered).astype(np.float32)
+        intensity = self._normalise(intensity, covered)
+        if self.intensity == "sqrt":
+            intensity = np.sign(intensity) * np.sqrt(np.abs(intensity))
+        intensity = intensity.astype(np.float32)
         if not np.isfinite(intensity).all():
             raise InputError("spectrum", "intensities beyond the float32 range (about 3e38)")
         return Spectrum(intensity, covered)

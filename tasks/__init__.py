@@ -1,6 +1,7 @@
 """Task families: heads with masked losses, metrics and splits."""
 from tasks.heads import HEADS, MultiLabelHead, RegressionHead
 from tasks.images import read_image_table
+from tasks.massbank import read_massbank
 from tasks.metrics import METRICS, score
 from tasks.ner import read_conll, read_standoff, read_tsv
 from tasks.spectra import read_spectra_npz
@@ -8,6 +9,6 @@ from tasks.splits import SPLITS, random_split, scaffold_split
 
 # Data files the registry can name by ``reader:`` beyond a plain table (see zoo.tables.read_dataset).
 READERS = {"conll": read_conll, "standoff": read_standoff, "tsv": read_tsv, "spectra-npz": read_spectra_npz,
-           "image-table": read_image_table}
+           "massbank-jsonl": read_massbank, "image-table": read_image_table}
 
 __all__ = ["HEADS", "METRICS", "READERS", "SPLITS", "MultiLabelHead", "RegressionHead", "random_split", "scaffold_split", "score"]
