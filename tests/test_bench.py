@@ -113,3 +113,17 @@ def test_zoo_bench_all_quick_runs_every_task_protocol(tmp_path, monkeypatch):
         assert record["quick"] and record["runs"] and record["data_sha256"]
         assert all(run["test"][record["metric"]] == run["test"][record["metric"]] for run in record["runs"])  # no NaN
         assert (tmp_path / f"{name}-curves.png").is_file()
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs the shared data sets (../shared/data or ZOO_DATA)")
+def test_merge_completes_a_benchmark_one_seed_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_DATA", str(SHARED_DATA))
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "home"))
+    bench = ["bench", "molecule-solubility", "--quick", "--results", str(tmp_path)]
+    assert main(bench + ["--seeds", "0"]) == 0
+    assert main(bench + ["--seeds", "1", "--merge"]) == 0
+    record = json.loads((tmp_path / "molecule-solubility.json").read_text())
+    assert [r["seed"] for r in record["runs"]] == [0, 1] and record["seeds"] == [0, 1]
+    assert record["mean"] == pytest.approx(sum(r["test"]["rmse"] for r in record["runs"]) / 2)
+    assert main(bench + ["--seeds", "1", "--merge"]) == 0  # a rerun replaces its own run, never adds a copy
+    assert len(json.loads((tmp_path / "molecule-solubility.json").read_text())["runs"]) == 2

@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from encoders import InputError
+from encoders import InputError, ZooError
 from tasks import METRICS, SPLITS, score
 from tasks.baselines import BASELINES
 from tasks.metrics import class_labels, tag_sequences
@@ -154,14 +154,19 @@ def _subset(rows: list[dict], n: int) -> list[dict]:
 
 def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None, variants: list[str] | None = None,
                overrides: dict | None = None, results: Path = Path("benchmarks/results"), quick: bool = False,
-               bundle: bool = False, data: str | None = None) -> dict:
-    """Run ``task``'s benchmark; returns (and writes) its results record."""
+               bundle: bool = False, data: str | None = None, merge: bool = False) -> dict:
+    """Run ``task``'s benchmark; returns (and writes) its results record. With ``merge``, the runs of the
+    task's earlier results file that this call does not redo (other variants, seeds or folds) are kept, so
+    an expensive benchmark can be completed one fold or variant at a time."""
     base = dict(overrides or {})
     spec = registry.task(task, base)
     if quick:
         base = {"train.epochs": min(spec.train.epochs, QUICK_EPOCHS), **spec.bench.quick, **base}
         spec = registry.task(task, base)
     chosen = {k: v for k, v in spec.bench.variants.items() if not variants or k in variants}
+    own = next(iter(spec.bench.variants))  # the task as the registry writes it: the only one ever bundled
+    if bundle and own not in chosen:
+        raise ZooError(f"--bundle ships the task's own variant {own!r}: include it in --variants")
     seeds = (seeds or spec.data.seeds)[: 1 if quick else None]
     seed_name = "fold" if spec.data.split == "matbench-kfold" else "seed"
 
@@ -174,7 +179,7 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
         if test:
             test = {"test_rows": _subset(test["test_rows"], QUICK_TEST_ROWS), "test_sha256": None}
 
-    runs, rates, work = [], {}, Path(tempfile.mkdtemp(prefix="scizoo-bench-"))
+    runs, rates, work, commit = [], {}, Path(tempfile.mkdtemp(prefix="scizoo-bench-")), git_commit()
     try:
         for variant, variant_overrides in chosen.items():
             rates[variant] = featurization_rate(ZooModel(registry.task(task, {**base, **variant_overrides})), rows)
@@ -190,7 +195,7 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
                 runs.append({"variant": variant, "seed": seed, "val": m["val"], "test": m["test"],
                              "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"], "wall_s": round(wall, 1),
                              "weights_mb": round(weights_mb, 2), **detail(model, m["test_predictions"]),
-                             "history": history,
+                             "history": history, "overrides": {**base, **variant_overrides}, "git_commit": commit,
                              "test_true": m["test_predictions"]["true"], "test_pred": m["test_predictions"]["pred"]})
                 print(f"[{task} {variant}] {seed_name} {seed}: test {spec.metric.upper()} "
                       f"{m['test'][spec.metric]:.4f} (val {m['val'][spec.metric]:.4f}, best epoch {m['best_epoch']}, "
@@ -201,10 +206,13 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
         if spec.bench.baseline:
             runs += _baseline_runs(registry, task, {**base, **next(iter(chosen.values()))}, rows, data_sha, seeds,
                                   seed_name)
+        if bundle:
+            _bundle(spec, runs, work, own, seed_name)
+        if merge and (results / f"{task}.json").is_file():
+            runs, chosen, rates = _merged(json.loads((results / f"{task}.json").read_text()), runs, chosen, rates, spec)
+        seeds = sorted({r["seed"] for r in runs})
         record = _record(spec, chosen, runs, rates, seeds, seed_name, path, data_sha or sha256_file(path), quick)
         _write(record, runs, spec, results, chosen)
-        if bundle:
-            _bundle(spec, runs, work, next(iter(chosen)), seed_name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return record
@@ -231,6 +239,16 @@ def _baseline_runs(registry: Registry, task: str, overrides: dict, rows: list[di
         print(f"[{task} {name}] {seed_name} {seed}: test {model.spec.metric.upper()} "
               f"{runs[-1]['test'][model.spec.metric]:.4f} ({runs[-1]['wall_s']:.0f} s)")
     return runs
+
+
+def _merged(old: dict, runs: list[dict], chosen: dict, rates: dict, spec: TaskSpec) -> tuple[list, dict, dict]:
+    """An earlier results record's runs that ``runs`` do not redo, kept beside them, with their variants."""
+    redone = {(r["variant"], r["seed"]) for r in runs}
+    kept = [r for r in old["runs"] if (r["variant"], r["seed"]) not in redone]
+    names = [v for v in spec.bench.variants if v in chosen or v in old["variants"]]
+    chosen = {v: chosen.get(v, spec.bench.variants[v]) for v in names}
+    rates = {**{v: old["variants"][v]["featurization_rows_per_s"] for v in old["variants"]}, **rates}
+    return kept + runs, chosen, rates
 
 
 def _record(spec: TaskSpec, chosen: dict, runs: list[dict], rates: dict, seeds: list[int], seed_name: str,
@@ -267,6 +285,7 @@ def _record(spec: TaskSpec, chosen: dict, runs: list[dict], rates: dict, seeds: 
 
 def _write(record: dict, runs: list[dict], spec: TaskSpec, results: Path, chosen: dict) -> None:
     results.mkdir(parents=True, exist_ok=True)
+    runs = [r for r in runs if "test_true" in r]  # merged runs from an earlier file have no predictions left
     ours = [r for r in runs if not r.get("baseline")]
     if spec.head.type == "regression":
         parity_plot(runs, results / f"{spec.name}-parity.png", spec)
