@@ -3,7 +3,7 @@ monoisotopic mass of a candidate molecule (candidate side), through the same fix
 cosines at periods from 0.1 to 2,000 Da, as NeRF-style position encodings), so an embedding can match the two
 to a few mDa, which a mean of atom tokens cannot.
 
-``precursor`` accepts a number (the m/z alone; ion type and energy unknown); text ``"188.0818 [M+H]+"``; or
+``precursor`` accepts a number (the m/z alone, up to 5,000; ion type and energy unknown); text ``"188.0818 [M+H]+"``; or
 a dict (or JSON text of one) ``{"mz": 188.0818, "adduct": "[M+H]+", "collision_energy": 35}``, where
 ``adduct`` may also be called ``precursor_type`` and the energy may be text such as ``"35 % (nominal)"``.
 Where the ion type is known the neutral mass M is derived from it ([M+H]+: m/z - 1.00728).
@@ -33,6 +33,7 @@ ADDUCTS = {
     "[M+H-H2O]+": -17.003289, "[M-H]-": -1.007276, "[M]-": 0.000549, "[M+Cl]-": 34.969402, "[M+HCOO]-": 44.998201,
 }
 ADDUCT_INDEX = {name: i + 1 for i, name in enumerate(ADDUCTS)}  # 0: not given
+MAX_MZ = 5000.0  # small molecules, singly charged: the Fourier periods reach 2,000 Da
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 
 
@@ -103,8 +104,8 @@ class PrecursorEncoder(_MassToken):
             mz = float(mz)
         except (TypeError, ValueError):
             raise InputError("precursor", f"m/z {mz!r} is not a number") from None
-        if not np.isfinite(mz) or mz <= 0:
-            raise InputError("precursor", f"m/z must be a positive number, got {mz}")
+        if not 0 < mz <= MAX_MZ:  # NaN fails too
+            raise InputError("precursor", f"m/z must be a number in (0, {MAX_MZ:g}], got {mz}")
         adduct = str(adduct).strip() if adduct is not None else None
         if adduct is not None and adduct not in ADDUCTS:
             raise InputError("precursor", f"unknown ion type {adduct!r}; known: {', '.join(ADDUCTS)}")
@@ -119,7 +120,12 @@ class MoleculeMassEncoder(_MassToken):
     """A molecule's monoisotopic mass (RDKit, from SMILES) -> one token, to meet a precursor's neutral mass."""
 
     def featurize(self, raw) -> Mass:
-        mol = Chem.MolFromSmiles(raw) if isinstance(raw, str) else None
-        if mol is None:
-            raise InputError("molecule", f"cannot parse SMILES {str(raw)[:60]!r}")
+        if not isinstance(raw, str) or not raw.strip():
+            raise InputError("molecule", f"expected a SMILES string, got {type(raw).__name__ if raw else 'nothing'}")
+        try:
+            mol = Chem.MolFromSmiles(raw.strip())
+        except UnicodeError:  # text that is not valid UTF-8 (bytes read with surrogateescape)
+            mol = None
+        if mol is None or mol.GetNumAtoms() == 0:
+            raise InputError("molecule", f"cannot parse SMILES {raw.strip()[:60]!r}")
         return Mass(np.array([Descriptors.ExactMolWt(mol), 0.0, 0.0], np.float32), 0)
