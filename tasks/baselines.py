@@ -74,6 +74,12 @@ def _of_type(features: list[dict], kind: type) -> list:
     return [f[name] for f in features]
 
 
+def _pairs_over_test_compounds(scores: np.ndarray, compound: np.ndarray) -> np.ndarray:
+    """Scores of each test query for each test compound -> (query, candidate) pairs whose dot products are
+    those scores: a candidate embeds as the one-hot of its compound."""
+    return np.stack([scores, np.eye(scores.shape[1])[compound]], 1)
+
+
 def spectrum_nearest_analogue(features, targets, fit, test) -> np.ndarray:
     """Spectral library search, then an analogue search: each test spectrum's nearest training spectrum by
     cosine similarity of the binned spectra (as the spectrum encoder bins them), whose molecule then ranks the
@@ -82,9 +88,8 @@ def spectrum_nearest_analogue(features, targets, fit, test) -> np.ndarray:
     known spectrum" gets. Ties are broken at random (seeded), as the rank metrics count only strictly better
     candidates.
 
-    ``targets`` hold each row's compound id (the contrastive head's groups). The predictions are
-    (query, candidate) embedding pairs [n_test, 2, n_candidates] whose dot products are those scores: a
-    candidate embeds as the one-hot of its compound among the test compounds, a query as its scores."""
+    ``targets`` hold each row's compound id (the contrastive head's groups); the predictions are (query,
+    candidate) pairs over the test compounds (``_pairs_over_test_compounds``), as the retrieval metrics take."""
     spectra = sparse.csr_matrix(np.stack([s.intensity for s in _of_type(features, Spectrum)]))
     spectra = normalize(spectra)  # unit rows: dot products are cosines
     nearest = fit[np.asarray((spectra[test] @ spectra[fit].T).argmax(1)).ravel()]
@@ -101,11 +106,22 @@ def spectrum_nearest_analogue(features, targets, fit, test) -> np.ndarray:
         scores[row] = fingerprint[source]
     # Distinct Tanimoto values (ratios of bit counts up to 2048) differ by over 2e-7: the jitter only breaks ties.
     scores += np.random.default_rng(0).uniform(0, 1e-9, scores.shape)
-    return np.stack([scores, np.eye(len(groups))[compound]], 1)
+    return _pairs_over_test_compounds(scores, compound)
+
+
+def precursor_mass_match(features, targets, fit, test) -> np.ndarray:
+    """No learning: rank the test candidates by how close their monoisotopic mass (input ``mass``) is to the
+    spectrum's neutral precursor mass (input ``precursor``). Shows how much of msms-to-molecule the precursor
+    alone decides when the candidates are the distinct test molecules (few share a mass within mDa)."""
+    _, first, compound = np.unique(targets[test, 0], return_index=True, return_inverse=True)
+    query = np.array([features[i]["precursor"].numbers[0] for i in test], float)
+    candidate = np.array([features[test[i]]["mass"].numbers[0] for i in first], float)
+    return _pairs_over_test_compounds(-np.abs(query[:, None] - candidate[None, :]), compound)
 
 
 BASELINES: dict[str, Baseline] = {
     "spectrum-random-forest-classifier": spectrum_forest_classifier,
     "spectrum-random-forest-regressor": spectrum_forest_regressor,
     "spectrum-nearest-analogue": spectrum_nearest_analogue,
+    "precursor-mass-match": precursor_mass_match,
 }

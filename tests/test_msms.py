@@ -101,7 +101,8 @@ def test_contrastive_head_fuses_several_query_inputs():
 
 
 def test_precursor_and_mass_encoders():
-    precursor, mass = PrecursorEncoder(dim=8, frequencies=4, hidden=8), MoleculeMassEncoder(dim=8, frequencies=4, hidden=8)
+    precursor = PrecursorEncoder(dim=8, frequencies=4, hidden=8)
+    mass = MoleculeMassEncoder(dim=8, frequencies=4, hidden=8)
     got = precursor.featurize({"mz": "195.0877", "precursor_type": "[M+H]+", "collision_energy": "35 % (nominal)"})
     caffeine = mass.featurize(MOLECULES["caffeine"])
     assert got.numbers[0] == pytest.approx(caffeine.numbers[0], abs=1e-3)  # neutral mass from [M+H]+
@@ -147,13 +148,25 @@ def test_nearest_spectrum_baseline_ranks_the_closest_analogue_first():
         ("OCC(O)CO", [[93.0, 999], [75.0, 500]]),
         ("Cc1ccc(O)cc1", [[108.0, 500], [94.0, 999], [66.0, 300]]), ("CCCCCCC", [[100.0, 200], [57.0, 999], [43.0, 800]]),
     ]
-    features = [{"spectrum": spectra.featurize(peaks), "smiles": MoleculeDMPNN.featurize(smiles)} for smiles, peaks in library]
+    features = [{"spectrum": spectra.featurize(peaks), "smiles": MoleculeDMPNN.featurize(smiles)}
+                for smiles, peaks in library]
     targets = np.arange(1.0, 6.0)[:, None]
     pred = BASELINES["spectrum-nearest-analogue"](features, targets, np.arange(3), np.array([3, 4]))
     assert pred.shape == (2, 2, 2)  # (query, candidate) pairs over the two test compounds
     # p-cresol's spectrum is nearest phenol's, heptane's hexane's: each analogue ranks its own compound first
     assert ranks(pred, groups=targets[[3, 4], 0]).tolist() == [1, 1]
     assert score("hits@1", targets[[3, 4]], pred) == 1.0
+
+
+def test_precursor_mass_baseline_matches_the_nearest_mass():
+    precursor, mass = PrecursorEncoder(), MoleculeMassEncoder()
+    names = ["caffeine", "paracetamol", "ibuprofen"]
+    ions = [Descriptors.ExactMolWt(Chem.MolFromSmiles(MOLECULES[n])) + 1.007276 for n in names]
+    features = [{"precursor": precursor.featurize(f"{mz:.4f} [M+H]+"), "mass": mass.featurize(MOLECULES[n])}
+                for mz, n in zip(ions, names)]
+    targets = np.array([[1.0], [2.0], [3.0]])
+    pred = BASELINES["precursor-mass-match"](features, targets, np.array([0]), np.array([1, 2]))
+    assert ranks(pred, groups=targets[[1, 2], 0]).tolist() == [1, 1]
 
 
 def test_train_save_load_and_rank_candidates(tmp_path):
