@@ -1,7 +1,9 @@
 """Reading and writing user tables (CSV, Parquet, JSON Lines) in chunks through pyarrow.
 
 CSV cells are read as text, so a column's type never depends on which chunk came first, and input columns
-go back out exactly as they came in.
+go back out exactly as they came in. A CSV cell that is not valid UTF-8 (Latin-1 from an old instrument) is
+read with U+FFFD in place of its bad bytes, so it fails on its own row (a SMILES must be ASCII) instead of
+failing the whole table; JSON Lines and Parquet are UTF-8 by definition, and a file that is not is refused.
 """
 from __future__ import annotations
 
@@ -57,11 +59,23 @@ def _read_blocks(path: Path, chunk_rows: int) -> Iterator[pa.RecordBatch]:
             reader = pa_csv.open_csv(
                 path,
                 read_options=pa_csv.ReadOptions(block_size=1 << 20),
-                convert_options=pa_csv.ConvertOptions(column_types={h: pa.string() for h in header}),
+                convert_options=pa_csv.ConvertOptions(column_types={h: pa.binary() for h in header}),
             )
-            yield from reader
+            yield from map(_as_utf8, reader)
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as err:
         raise ZooError(f"{path}: cannot read as {kind[1:]} ({str(err).splitlines()[0]})") from None
+
+
+def _as_utf8(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """CSV bytes -> text: a zero-copy cast where the column is valid UTF-8, else decoded cell by cell."""
+    columns = []
+    for column in batch.columns:
+        try:
+            columns.append(column.cast(pa.string()))
+        except pa.ArrowInvalid:
+            columns.append(pa.array([None if v is None else v.decode("utf-8", "replace") for v in column.to_pylist()],
+                                    pa.string()))
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
 
 def read_rows(path: str | Path) -> list[dict]:
