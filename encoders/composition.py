@@ -66,7 +66,8 @@ def parse_composition(raw):
         except InputError:
             raise
         except Exception as err:  # the crystal input reports the details; here only the composition matters
-            raise InputError("composition", f"cannot read a composition from this structure: {err}") from None
+            raise InputError("composition", f"cannot read a composition from this structure: "
+                                            f"{' '.join(str(err).split())}") from None
         comp = structure.composition
     elif isinstance(raw, str):
         if not raw.strip():
@@ -77,7 +78,7 @@ def parse_composition(raw):
         try:
             comp = Composition(raw.strip())
         except Exception as err:  # pymatgen raises ValueError, KeyError or its own errors for bad formulas
-            raise InputError("composition", f"cannot parse formula {raw!r}: {err}") from None
+            raise InputError("composition", f"cannot parse formula {raw!r}: {' '.join(str(err).split())}") from None
     else:
         raise InputError("composition", f"expected a formula string, got {type(raw).__name__}")
     unknown = [getattr(s, "symbol", str(s)) for s in comp if not isinstance(s, Element) or s.Z > MAX_Z]
