@@ -42,6 +42,8 @@ GOOD = {
     "text-bert": TEXTS,
     "spectrum-cnn": lambda enc: [_spectrum(enc)] * 2,
     "image-timm": ["galaxies/elliptical.png", "galaxies/edge_on.png"],
+    "precursor": ["181.0709 [M+H]+", '{"mz": 152.0706, "adduct": "[M+H]+", "collision_energy": 35}'],
+    "molecule-mass": ["CCO", "CC(=O)Nc1ccc(O)cc1"],
 }
 # Bad cells per modality, with a part of the reason each must give. bytes are written raw: not UTF-8.
 FILES = [("../outside/NaCl{}", "outside the data root"), ("loop{}", "cannot resolve"),
@@ -59,9 +61,11 @@ BAD = {
                  (b"[1, \xff]", "cannot parse JSON"), ('{"axis": [1, 2]}', "needs 'intensity'")]
                 + [(cell.format(s), why) for s in (".npy", ".csv") for cell, why in FILES],
     "image": [(cell.format(".png"), why) for cell, why in FILES],
+    "precursor": [("-5", "m/z must be"), ("181.07 [M+X]+", "unknown ion type")],
 }
 MODALITY = {"molecule-dmpnn": "molecule", "composition": "composition", "crystal-cgcnn": "crystal",
-            "crystal-chgnet": "crystal", "text-bert": "text", "spectrum-cnn": "spectrum", "image-timm": "image"}
+            "crystal-chgnet": "crystal", "text-bert": "text", "spectrum-cnn": "spectrum", "image-timm": "image",
+            "precursor": "precursor"}
 
 
 @pytest.fixture(scope="module")
