@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fusion.common import Fused
-from tasks.ner import spans, tag_names
+from tasks.ner import iob2_viterbi, spans, tag_names
 
 
 def _mlp(dim: int, hidden: int, out: int, dropout: float) -> nn.Sequential:
@@ -149,7 +149,7 @@ class TokenClassificationHead(nn.Module):
         return F.cross_entropy(raw[mask], target[mask].long())
 
     def decode(self, raw: torch.Tensor) -> torch.Tensor:
-        return raw.argmax(-1).float().masked_fill(raw[..., 0].isnan(), float("nan"))
+        return iob2_viterbi(raw, self.tags)
 
     def describe(self, value: np.ndarray, features: dict) -> dict:
         """Entity spans: word indices, and character offsets into the text where it was given as a string."""

@@ -9,11 +9,41 @@ import csv
 import json
 from pathlib import Path
 
+import torch
+
 from encoders.text import split_words
 
 
 def tag_names(types: list[str]) -> list[str]:
     return ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
+
+
+def iob2_viterbi(logits: torch.Tensor, tags: list[str]) -> torch.Tensor:
+    """The most probable tag sequence that is valid IOB2 (an I-type only after B-type or I-type, never first):
+    per-token argmax breaks entities apart wherever one I- is unsure, and JNLPBA's long names are full of those.
+    ``logits`` [B, T, K] are NaN where a row has no token; returns tag indices [B, T], NaN there too."""
+    k = len(tags)
+    allowed = torch.ones(k, k, dtype=torch.bool)  # [previous, next]
+    for j, tag in enumerate(tags):
+        if tag.startswith("I-"):
+            allowed[:, j] = False
+            allowed[tags.index("B-" + tag[2:]), j] = allowed[j, j] = True
+    transition = torch.zeros(k, k).masked_fill(~allowed, float("-inf")).to(logits.device)
+    present = ~logits[..., 0].isnan()
+    log_p = torch.log_softmax(torch.nan_to_num(logits.float()), -1)
+    first = torch.tensor([not t.startswith("I-") for t in tags], device=logits.device)
+    score = log_p[:, 0].masked_fill(~first, float("-inf"))
+    stay = torch.arange(k, device=logits.device).expand(len(logits), k)
+    back = []
+    for t in range(1, logits.shape[1]):  # a position without a token keeps the path as it was
+        best, previous = (score.unsqueeze(2) + transition).max(1)
+        here = present[:, t].unsqueeze(1)
+        score = torch.where(here, best + log_p[:, t], score)
+        back.append(torch.where(here, previous, stay))
+    path = [score.argmax(1)]
+    for previous in reversed(back):
+        path.append(previous.gather(1, path[-1].unsqueeze(1)).squeeze(1))
+    return torch.stack(path[::-1], 1).float().masked_fill(~present, float("nan"))
 
 
 def spans(tags: list[str]) -> set[tuple[int, int, str]]:

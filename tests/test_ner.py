@@ -3,9 +3,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from tasks import score
-from tasks.ner import entity_scores, read_conll, read_standoff, spans, tag_names
+from tasks.ner import entity_scores, iob2_viterbi, read_conll, read_standoff, spans, tag_names
 
 
 def test_spans_follow_iob2_and_treat_a_stray_inside_tag_as_a_start():
@@ -22,6 +23,21 @@ def test_entity_scores_match_a_hand_worked_example():
     assert s["micro"] == pytest.approx({"precision": 1 / 3, "recall": 1 / 3, "f1": 1 / 3, "support": 3})
     assert s["protein"] == pytest.approx({"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2})
     assert s["DNA"]["f1"] == 0.0 and s["cell_type"]["precision"] == 0.0
+
+
+def test_decoding_keeps_to_valid_iob2_where_per_token_argmax_would_not():
+    names = tag_names(["protein", "DNA"])  # O, B-protein, I-protein, B-DNA, I-DNA
+    nan = float("nan")
+    logits = torch.tensor([
+        # B-protein, then I-DNA just above I-protein: argmax cuts the protein in two, IOB2 continues it
+        [[0, 5, 0, 0, 0], [0, 0, 2.0, 0, 2.1], [3, 0, 0, 0, 0]],
+        # a first I-protein is no entity start: B-protein, its runner-up, is; the padding stays NaN
+        [[0, 2.0, 2.5, 0, 0], [nan] * 5, [nan] * 5],
+    ])
+    assert [[names[int(i)] for i in row] for row in logits.argmax(-1)][0] == ["B-protein", "I-DNA", "O"]
+    decoded = iob2_viterbi(logits, names)
+    assert decoded[0].tolist() == [names.index("B-protein"), names.index("I-protein"), names.index("O")]
+    assert decoded[1, 0] == names.index("B-protein") and decoded[1, 1:].isnan().all()
 
 
 def test_entity_f1_metric_scores_tag_ids_with_padding():
