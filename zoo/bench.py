@@ -114,7 +114,7 @@ def confusion_plot(runs: list[dict], path: Path, classes: list[str], title: str)
     for run in runs:
         true, pred = class_labels(np.asarray(run["test_true"], float), np.asarray(run["test_pred"], float))
         np.add.at(counts, (true.astype(int), pred.astype(int)), 1)
-    fig, ax = plt.subplots(figsize=(1 + 0.35 * len(classes),) * 2, dpi=120)
+    fig, ax = plt.subplots(figsize=(max(4.5, 1 + 0.35 * len(classes)),) * 2, dpi=120)
     share = counts / np.maximum(counts.sum(1, keepdims=True), 1)  # of each true class
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for (i, j), n in np.ndenumerate(counts):
@@ -122,7 +122,8 @@ def confusion_plot(runs: list[dict], path: Path, classes: list[str], title: str)
             ax.text(j, i, n, ha="center", va="center", fontsize=6, color="white" if share[i, j] > 0.5 else "black")
     ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
     ax.set_yticks(range(len(classes)), classes, fontsize=7)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
+    ax.set(xlabel="predicted", ylabel="true")
+    ax.set_title(title, fontsize=8)  # the long variant names must fit a small matrix
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
