@@ -30,9 +30,8 @@ def table() -> str:
                          for name, ref in r["references"].items())
         for variant, v in r["variants"].items():
             lines.append(_row(r, variant, variant, v["mean"], v["std"], refs))
-        if "baseline" in r:  # run beside ours on the same splits
-            b = r["baseline"]
-            lines.append(_row(r, f"{b['name']} (baseline)", b["name"], b["test"][r["metric"]]["mean"],
+        for name, b in r.get("baselines", {}).items():  # run beside ours on the same splits
+            lines.append(_row(r, f"{name} (baseline)", name, b["test"][r["metric"]]["mean"],
                               b["test"][r["metric"]]["std"], refs))
     return "\n".join(lines)
 

@@ -2,7 +2,7 @@
 
 The protocol is the registry's: the data set (hash-checked, see ``zoo.data``), the split, one training run per
 seed (or Matbench fold), the metric, and the task's ``bench:`` variants (registry overrides, e.g. a from-scratch
-encoder against a pretrained one, one modality against the fused model) and baseline (``tasks.baselines``).
+encoder against a pretrained one, one modality against the fused model) and baselines (``tasks.baselines``).
 Ours is printed beside the registry's references; ``<results>/<task>.json`` records every run, mean and std,
 wall time, versions, git commit and data sha256, with plots: parity (regression), confusion matrix
 (classification) and learning curves. ``--quick`` runs the same code on a few hundred rows for two epochs, so a
@@ -204,9 +204,9 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
                 if "test_per_type" in runs[-1]:
                     print(f"[{task} {variant}] per type: " + ", ".join(
                         f"{t} F1 {v['f1']:.3f}" for t, v in runs[-1]["test_per_type"].items()))
-        if spec.bench.baseline:
-            runs += _baseline_runs(registry, task, {**base, **next(iter(chosen.values()))}, rows, data_sha, seeds,
-                                  seed_name)
+        for name in spec.bench.baselines:
+            runs += _baseline_runs(registry, task, name, {**base, **next(iter(chosen.values()))}, rows, data_sha,
+                                   seeds, seed_name)
         if bundle:
             _bundle(spec, runs, work, own, seed_name)
         if merge and (results / f"{task}.json").is_file():
@@ -219,10 +219,9 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
     return record
 
 
-def _baseline_runs(registry: Registry, task: str, overrides: dict, rows: list[dict], data_sha: str | None,
-                   seeds: list[int], seed_name: str) -> list[dict]:
-    """The task's baseline on each seed's split of the first variant's featurized rows (the rows ours saw)."""
-    name = registry.task(task, overrides).bench.baseline
+def _baseline_runs(registry: Registry, task: str, name: str, overrides: dict, rows: list[dict],
+                   data_sha: str | None, seeds: list[int], seed_name: str) -> list[dict]:
+    """Baseline ``name`` on each seed's split of the first variant's featurized rows (the rows ours saw)."""
     runs = []
     for seed in seeds:
         model = ZooModel(registry.task(task, {**overrides, "train.seed": seed}))
@@ -255,12 +254,12 @@ def _merged(old: dict, runs: list[dict], chosen: dict, rates: dict, spec: TaskSp
 def _record(spec: TaskSpec, chosen: dict, runs: list[dict], rates: dict, seeds: list[int], seed_name: str,
             path: Path, data_sha: str, quick: bool) -> dict:
     metrics = _family_metrics(spec.metric)
-    groups = list(chosen) + ([spec.bench.baseline] if spec.bench.baseline else [])
+    groups = list(chosen) + spec.bench.baselines
     summaries = {v: summarise([r for r in runs if r["variant"] == v], metrics) for v in groups}
     print(f"\n{'model':<36} " + " ".join(f"{'test ' + m.upper():>17}" for m in metrics))
     for v in groups:
         cells = [f"{summaries[v]['test'][m]['mean']:>8.4f} ± {summaries[v]['test'][m]['std']:.4f}" for m in metrics]
-        label = v if v == spec.bench.baseline else f"SciZoo {v}"
+        label = v if v in spec.bench.baselines else f"SciZoo {v}"
         print(f"{label:<36} {' '.join(cells)}  ({seed_name}s {seeds})")
     for name, ref in spec.references.items():
         print(f"{name:<36} {ref.value:.4f}{f' ± {ref.std:.4f}' if ref.std is not None else ''}  ({ref.source})")
@@ -276,7 +275,7 @@ def _record(spec: TaskSpec, chosen: dict, runs: list[dict], rates: dict, seeds: 
         "split": f"{spec.data.split} {list(spec.data.fractions)}", f"{seed_name}s": seeds,
         "data": f"{spec.data.dataset}/{path.name}", "data_sha256": data_sha, "data_source": spec.data.source,
         "mean": by_variant[first]["mean"], "std": by_variant[first]["std"], "variants": by_variant,
-        **({"baseline": {"name": spec.bench.baseline, **summaries[spec.bench.baseline]}} if spec.bench.baseline else {}),
+        "baselines": {name: summaries[name] for name in spec.bench.baselines},
         "runs": [{k: v for k, v in r.items() if k not in ("test_true", "test_pred")} for r in runs],
         "references": {k: v.model_dump() for k, v in spec.references.items()},
         "overrides": chosen, "wall_s": round(sum(r["wall_s"] for r in runs), 1),

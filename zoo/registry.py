@@ -127,18 +127,19 @@ class TrainSpec(Spec):
 
 class BenchSpec(Spec):
     """How ``zoo bench`` runs a task beyond its own protocol: named ``variants`` (registry overrides; the first,
-    usually ``{}``, is the task as written), a ``baseline`` from ``tasks.baselines`` run on the same featurized
+    usually ``{}``, is the task as written), ``baselines`` from ``tasks.baselines`` run on the same featurized
     rows and splits, and ``quick`` overrides for the CI-sized run (on top of bench's own row and epoch caps)."""
 
     variants: dict[str, dict] = {"ours": {}}
-    baseline: str | None = None
+    baselines: list[str] = []
     quick: dict[str, object] = {}
 
-    @field_validator("baseline")
+    @field_validator("baselines")
     @classmethod
-    def _known_baseline(cls, v: str | None) -> str | None:
-        if v is not None and v not in BASELINES:
-            raise ValueError(f"unknown baseline {v!r}; known: {', '.join(BASELINES)}")
+    def _known_baselines(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name not in BASELINES:
+                raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
         return v
 
 
