@@ -205,7 +205,7 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
                     print(f"[{task} {variant}] per type: " + ", ".join(
                         f"{t} F1 {v['f1']:.3f}" for t, v in runs[-1]["test_per_type"].items()))
         for name in spec.bench.baselines:
-            runs += _baseline_runs(registry, task, name, {**base, **next(iter(chosen.values()))}, rows, data_sha,
+            runs += _baseline_runs(registry, task, name, {**base, **spec.bench.variants[own]}, rows, data_sha,
                                    seeds, seed_name)
         if bundle:
             _bundle(spec, runs, work, own, seed_name)
@@ -221,7 +221,8 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
 
 def _baseline_runs(registry: Registry, task: str, name: str, overrides: dict, rows: list[dict],
                    data_sha: str | None, seeds: list[int], seed_name: str) -> list[dict]:
-    """Baseline ``name`` on each seed's split of the first variant's featurized rows (the rows ours saw)."""
+    """Baseline ``name`` on each seed's split of the task's own featurized rows (the rows its model saw), whichever
+    variants this call runs."""
     runs = []
     for seed in seeds:
         model = ZooModel(registry.task(task, {**overrides, "train.seed": seed}))
