@@ -77,6 +77,19 @@ def test_composition_tokens_are_fractional_and_order_free():
     torch.testing.assert_close(tokens.x[0], tokens.x[2])
 
 
+def test_chgnet_elements_add_chgnets_learned_element_embedding_to_the_properties():
+    from encoders.crystal import chgnet_backbone
+
+    plain, pretrained = CompositionEncoder(dim=16, layers=1), CompositionEncoder(dim=16, layers=1, chgnet_elements="0.3.0")
+    extra = pretrained.properties[:, plain.properties.shape[1]:]
+    embedding = chgnet_backbone("0.3.0").atom_embedding.embedding.weight  # row z - 1 is element z
+    assert extra.shape == (plain.properties.shape[0], embedding.shape[1])
+    standardised = (embedding - embedding.mean(0)) / (embedding.std(0, unbiased=False) + 1e-8)
+    torch.testing.assert_close(extra[1:95], standardised.detach())
+    assert not extra[0].any() and not extra[95:].any()  # no element 0, and none past CHGNet's 94
+    assert "properties" not in pretrained.state_dict()  # rebuilt from the wheel at load, never saved
+
+
 def test_composition_of_a_structure_equals_its_formula():
     cif = str(ROOT / "examples" / "crystals" / "SrTiO3.cif")
     from_cif = CompositionEncoder.featurize(cif)
@@ -87,12 +100,18 @@ def test_composition_of_a_structure_equals_its_formula():
 
 
 def test_chgnet_transfer_gives_pretrained_atom_features_for_the_example_cells():
-    from encoders.crystal import CrystalCHGNet
+    from encoders.crystal import CrystalCHGNet, chgnet_backbone
 
     encoder = CrystalCHGNet(dim=16).eval()
     feats = [encoder.featurize(str(p)) for p in CIFS]
     assert [len(f.z) for f in feats] == [5, 2, 2, 5]           # BaTiO3, NaCl (primitive), Si, SrTiO3
-    assert all(f.features.shape[1] == 128 and np.isfinite(f.features).all() for f in feats)
+    assert all(f.features.shape[1] == 129 and np.isfinite(f.features).all() for f in feats)
+    # The last feature is CHGNet's site energy: per cell, they add up to the total energy CHGNet predicts.
+    backbone = chgnet_backbone("0.3.0")
+    for path, f in zip(CIFS, feats):
+        structure = parse_structure(str(path))
+        energy = backbone.predict_structure(structure, task="e")["e"] * len(structure)  # eV/atom -> eV
+        assert f.features[:, -1].sum() == pytest.approx(energy, abs=1e-3)
     # Pretrained features tell Na from Cl and Ba from Sr even before any training here.
     nacl = feats[1].features
     assert not np.allclose(nacl[0], nacl[1])

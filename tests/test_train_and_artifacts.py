@@ -1,11 +1,14 @@
+import inspect
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import zoo
 from encoders import ZooError
+from encoders.crystal import CrystalCHGNet
 from zoo.cli import main
 from zoo.tables import read_rows
 from tests.conftest import TINY
@@ -109,3 +112,15 @@ def test_featurization_is_cached_per_data_hash(textbook_rows, tmp_path, monkeypa
         assert np.array_equal(a["smiles"].pairs, b["smiles"].pairs)
     with pytest.raises(AssertionError, match="featurized again"):
         prepare(model, textbook_rows, progress=False, data_sha256="other data")
+
+
+def test_an_edited_encoder_does_not_load_features_cached_by_the_old_code(tmp_path, monkeypatch):
+    from zoo import cache
+
+    spec = zoo.info("materials-property")
+    before = cache.cache_key(spec, "abc")
+    edited = tmp_path / "crystal.py"
+    edited.write_text(Path(inspect.getfile(CrystalCHGNet)).read_text() + "\n# a changed featurization\n")
+    real = inspect.getfile
+    monkeypatch.setattr(inspect, "getfile", lambda cls: edited if cls is CrystalCHGNet else real(cls))
+    assert cache.cache_key(spec, "abc") != before

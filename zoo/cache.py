@@ -1,6 +1,8 @@
 """On-disk cache of a data set's featurization, so a second run does not recompute slow features (CHGNet).
 
-Keyed by the inputs' encoder configs, the data file's sha256 and the package version. Features are
+Keyed by the inputs' encoder configs and source code, the data file's sha256 and the package version: the
+source, because a change to what an encoder computes (CHGNet's site energy was added as a feature) must not
+load features of the old shape under an unchanged config. Features are
 dataclasses of numpy arrays (and ints); each field is stored concatenated with per-row lengths in an ``.npz`` read back
 with ``allow_pickle=False``, so a cache file can never run code.
 """
@@ -8,18 +10,26 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 from pathlib import Path
 
 import numpy as np
 
+from encoders import ENCODERS
 from zoo.artifacts import atomic_write, versions, zoo_home
 from zoo.registry import TaskSpec
 
 
+def _source_sha256(encoder_type: str) -> str:
+    return hashlib.sha256(Path(inspect.getfile(ENCODERS[encoder_type])).read_bytes()).hexdigest()
+
+
 def cache_key(spec: TaskSpec, data_sha256: str) -> str:
+    configs = {n: spec.encoders[i.encoder].model_dump() for n, i in spec.inputs.items()}
     config = {
-        "inputs": {n: [i.column, i.transfer, spec.encoders[i.encoder].model_dump()] for n, i in spec.inputs.items()},
+        "inputs": {n: [i.column, i.transfer, configs[n], _source_sha256(configs[n]["type"])]
+                   for n, i in spec.inputs.items()},
         "targets": spec.head.targets, "data": data_sha256, "scizoo": versions().get("scizoo"),
     }
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:32]
