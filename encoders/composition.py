@@ -2,7 +2,9 @@
 
 Each element token is a learned embedding of the element plus a projection of its tabulated properties
 (pymatgen ``Element``: group, row, electronegativity, radius, mass, ionisation energy, ...), so rare elements
-borrow strength from chemically similar ones, plus an encoding of its fraction. Self-attention lets the
+borrow strength from chemically similar ones, plus an encoding of its fraction. With ``chgnet_elements`` the
+properties also hold CHGNet's learned element embedding (trained on 1.5M Materials Project DFT calculations,
+read from the installed wheel): a pretrained element representation, as CrabNet takes mat2vec's. Self-attention lets the
 elements of a compound see each other, as in Roost and CrabNet.
 """
 from __future__ import annotations
@@ -42,6 +44,18 @@ def element_table() -> np.ndarray:
     table = np.array([props(z) for z in range(1, MAX_Z + 1)], dtype=np.float64)
     table = (table - np.nanmean(table, 0)) / (np.nanstd(table, 0) + 1e-8)
     return np.vstack([np.zeros((1, table.shape[1])), np.nan_to_num(table, nan=0.0)]).astype(np.float32)
+
+
+@functools.cache
+def chgnet_element_table(version: str) -> np.ndarray:
+    """[MAX_Z + 1, 64] CHGNet's element embedding, standardised; zero for row 0 and past its 94 elements."""
+    from encoders.crystal import chgnet_backbone
+
+    weights = chgnet_backbone(version).atom_embedding.embedding.weight.detach().numpy().astype(np.float64)
+    weights = (weights - weights.mean(0)) / (weights.std(0) + 1e-8)
+    table = np.zeros((MAX_Z + 1, weights.shape[1]), dtype=np.float32)
+    table[1:len(weights) + 1] = weights
+    return table
 
 
 @dataclass
@@ -93,10 +107,14 @@ def parse_composition(raw):
 
 @register_encoder("composition")
 class CompositionEncoder(nn.Module):
-    def __init__(self, *, dim: int = 128, layers: int = 2, heads: int = 4, dropout: float = 0.0):
+    def __init__(self, *, dim: int = 128, layers: int = 2, heads: int = 4, dropout: float = 0.0,
+                 chgnet_elements: str | None = None):
         super().__init__()
         self.out_dim = dim
-        self.register_buffer("properties", torch.from_numpy(element_table()), persistent=False)
+        table = element_table()
+        if chgnet_elements:  # the CHGNet version; rebuilt from the wheel at load, so not saved with the weights
+            table = np.hstack([table, chgnet_element_table(chgnet_elements)])
+        self.register_buffer("properties", torch.from_numpy(table), persistent=False)
         self.element = nn.Embedding(MAX_Z + 1, dim)
         self.describe = nn.Linear(self.properties.shape[1], dim)
         self.amount = nn.Sequential(nn.Linear(2, dim), nn.GELU(), nn.Linear(dim, dim))
