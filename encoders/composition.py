@@ -2,10 +2,10 @@
 
 Each element token is a learned embedding of the element plus a projection of its tabulated properties
 (pymatgen ``Element``: group, row, electronegativity, radius, mass, ionisation energy, ...), so rare elements
-borrow strength from chemically similar ones, plus an encoding of its fraction. With ``chgnet_elements`` the
-properties also hold CHGNet's learned element embedding (trained on 1.5M Materials Project DFT calculations,
-read from the installed wheel): a pretrained element representation, as CrabNet takes mat2vec's. Self-attention lets the
-elements of a compound see each other, as in Roost and CrabNet.
+borrow strength from chemically similar ones, plus an encoding of its fraction. Self-attention lets the
+elements of a compound see each other, as in Roost and CrabNet. With ``chgnet_elements`` the properties also
+hold CHGNet's learned element embedding (trained on 1.5M Materials Project DFT calculations, read from the
+installed wheel): a pretrained element representation, as CrabNet takes mat2vec's.
 """
 from __future__ import annotations
 

@@ -2,9 +2,9 @@
 
 Keyed by the inputs' encoder configs and source code, the data file's sha256 and the package version: the
 source, because a change to what an encoder computes (CHGNet's site energy was added as a feature) must not
-load features of the old shape under an unchanged config. Features are
-dataclasses of numpy arrays (and ints); each field is stored concatenated with per-row lengths in an ``.npz`` read back
-with ``allow_pickle=False``, so a cache file can never run code.
+load features of the old shape under an unchanged config. Features are dataclasses of numpy arrays (and
+ints); each field is stored concatenated with per-row lengths in an ``.npz`` read back with
+``allow_pickle=False``, so a cache file can never run code.
 """
 from __future__ import annotations
 
