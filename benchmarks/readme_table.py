@@ -14,9 +14,19 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def _row(r: dict, label: str, variant: str, mean: float, std: float, refs: str) -> str:
-    runs = ", ".join(f"{run['test'][r['metric']]:.3f}" for run in r["runs"] if run["variant"] == variant)
+    mine = [run for run in r["runs"] if run["variant"] == variant]
+    runs = ", ".join(f"{run['test'][r['metric']]:.3f}{_differs(run, mine)}" for run in mine)
     return (f"| `{r['task']}` | {label} | {r['metric'].upper()} ({r['split']}) | **{mean:.3f} ± {std:.3f}** | "
             f"{runs} | {refs} |")
+
+
+def _differs(run: dict, runs: list[dict]) -> str:
+    """The overrides this run does not share with the variant's other runs (a merged record can mix budgets)."""
+    keys = {k for other in runs for k in other.get("overrides", {})}
+    own = {k: run.get("overrides", {}).get(k) for k in sorted(keys)}
+    odd = {k: v for k, v in own.items() if any(o.get("overrides", {}).get(k) != v for o in runs)}
+    shown = ", ".join(f"{k}={v}" for k, v in odd.items() if v is not None)  # None: the registry's value then
+    return f" ({shown})" if shown else ""
 
 
 def table() -> str:
