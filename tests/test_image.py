@@ -199,7 +199,8 @@ def test_collate_masks_rows_without_an_image(request, which):
     tokens = encoder.eval()(encoder.collate([f, None, f]))
     assert tokens.x.shape == (3, 4, 16)
     assert tokens.mask.tolist() == [[True] * 4, [False] * 4, [True] * 4]
-    assert not tokens.x[1].any() and torch.allclose(tokens.x[0], tokens.x[2])
+    # the same image twice in one batch: equal up to float rounding (batched kernels may sum in another order)
+    assert not tokens.x[1].any() and torch.allclose(tokens.x[0], tokens.x[2], atol=1e-5)
     assert not encoder(encoder.collate([None, None])).mask.any()
 
 
