@@ -47,6 +47,21 @@ def test_save_load_round_trip_gives_identical_predictions(textbook_rows, tmp_pat
     assert saved["test"]["rmse"] == pytest.approx(metrics["test"]["rmse"])
 
 
+def test_ema_validates_keeps_and_saves_the_averaged_weights(textbook_rows, tmp_path):
+    def val_history(out):
+        return [json.loads(line)["val_rmse"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    settings = {**TINY, "train.epochs": 4, "train.lr": 3e-3, "train.warmup_epochs": 0, "train.patience": 10}
+    zoo.train("molecule-solubility", textbook_rows, out=tmp_path / "raw", progress=False, overrides=settings)
+    model, _ = zoo.train("molecule-solubility", textbook_rows, out=tmp_path / "ema", progress=False,
+                         overrides={**settings, "train.ema": 0.99999})
+    # a decay this close to 1 holds the weights of the first step: validation stands still while training moves
+    raw, ema = val_history(tmp_path / "raw"), val_history(tmp_path / "ema")
+    assert max(ema) - min(ema) < 0.01 * (max(raw) - min(raw))
+    rows = [{"smiles": s} for s in ("CCO", "c1ccccc1O")]
+    assert zoo.load(tmp_path / "ema").predict(rows) == model.predict(rows)
+
+
 @pytest.mark.parametrize("fusion", [{"type": "mean", "dim": 32},
                                     {"type": "cross-attention", "dim": 32, "heads": 2, "latents": 4}])
 def test_predictions_are_finite_and_depend_on_the_molecule(textbook_rows, fusion):

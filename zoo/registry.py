@@ -123,6 +123,7 @@ class TrainSpec(Spec):
     accumulate: int = 1          # micro-batches per optimizer step (the global batch is batch_size)
     bf16: bool = True            # bfloat16 autocast, on CUDA only
     checkpoint_every: int = 0    # optimizer steps between resumable checkpoints (0: at each epoch end)
+    ema: float = 0.0             # decay of a moving average of the weights, validated and kept instead (0: off)
 
 
 class BenchSpec(Spec):

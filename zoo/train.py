@@ -1,6 +1,9 @@
 """One Trainer for every task: AdamW, linear warm-up then cosine decay, gradient clipping and accumulation,
 early stopping on the task's validation metric, seeded, with per-epoch metrics appended to ``metrics.jsonl``.
 
+With ``ema`` the weights validated, kept and saved are an exponential moving average of the trained ones
+(``torch.optim.swa_utils``): a smoother minimum than any single step's, for tasks that overfit late.
+
 The same loop runs in one process or under torchrun (DDP: gloo on CPU, NCCL on GPU, bf16 autocast on GPU).
 Each epoch's batches are a function of (seed, epoch), and a checkpoint holds the position inside the epoch,
 so a run killed at any point resumes to the same result.
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from encoders import InputError, ZooError
@@ -202,6 +206,9 @@ class Trainer:
             test = self._prepare(model, test_rows, test_sha256)
             test_idx = np.arange(len(test.keys))
         model.head.fit(data.targets[train_idx])
+        # made after head.fit, so the copy holds the target scaling; buffers are averaged with the weights
+        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
+        kept = averaged.module if averaged else model  # what is validated, kept as the best and saved
         sizes = np.array([feature_size(data.features[i]) for i in train_idx]) if cfg.bucket else np.zeros(len(train_idx))
         steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
 
@@ -222,6 +229,8 @@ class Trainer:
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
             best_state, run = ckpt["best_state"], ckpt["run"]
+            if averaged:
+                averaged.load_state_dict(ckpt["ema"])
             set_rng_state(ckpt["rng"])
         trained = _ddp(model) if world > 1 else model
 
@@ -230,7 +239,8 @@ class Trainer:
                 save_checkpoint(self.out, {
                     "spec": spec.model_dump(mode="json"), "data_sha256": data_sha256, "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "best_state": best_state, "run": run, "rng": rng_state()})
+                    "best_state": best_state, "run": run, "rng": rng_state(),
+                    "ema": averaged.state_dict() if averaged else None})
 
         log = self.out / "metrics.jsonl" if self.out and rank == 0 else None
         if log:  # rewritten from the run's own history, so a resumed log has each epoch once
@@ -258,11 +268,13 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
                 scheduler.step()
+                if averaged:
+                    averaged.update_parameters(model)
                 run["losses"].append(loss_sum)
                 run["batch"], run["step"] = b + 1, run["step"] + 1
                 if cfg.checkpoint_every and run["step"] % cfg.checkpoint_every == 0:
                     checkpoint()
-            pred, true = self.evaluate(model, data, val_idx)
+            pred, true = self.evaluate(kept, data, val_idx)
             value = score(spec.metric, true, pred)
             record = {"epoch": epoch, "train_loss": float(np.mean(run["losses"])), f"val_{spec.metric}": value,
                       "lr": scheduler.get_last_lr()[0]}
@@ -278,7 +290,7 @@ class Trainer:
             better = run["best"] is None or (value > run["best"] if self.metric.higher_is_better else value < run["best"])
             if better:
                 run["best"], run["best_epoch"] = value, epoch
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_state = {k: v.detach().clone() for k, v in kept.state_dict().items()}
             run.update(epoch=epoch + 1, batch=0, losses=[])
             checkpoint()
             if not better and epoch - run["best_epoch"] >= cfg.patience:
