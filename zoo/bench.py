@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from encoders import InputError, ZooError
-from tasks import METRICS, SPLITS, score
+from tasks import METRICS, score
 from tasks.baselines import BASELINES
 from tasks.metrics import class_labels, tag_sequences
 from tasks.ner import entity_scores
@@ -34,7 +34,7 @@ from zoo.data import data_file
 from zoo.model import ZooModel
 from zoo.registry import Registry, TaskSpec
 from zoo.tables import read_dataset
-from zoo.train import Trainer, _family_metrics, fixed_test_set, prepare
+from zoo.train import Trainer, _family_metrics, fixed_test_set, prepare, split
 
 QUICK_ROWS, QUICK_TEST_ROWS, QUICK_EPOCHS = 240, 120, 2
 
@@ -227,8 +227,7 @@ def _baseline_runs(registry: Registry, task: str, name: str, overrides: dict, ro
     for seed in seeds:
         model = ZooModel(registry.task(task, {**overrides, "train.seed": seed}))
         prepared = prepare(model, rows, progress=False, data_sha256=data_sha)  # cached by the runs above
-        split = model.spec.data
-        train_idx, val_idx, test_idx = SPLITS[split.split](prepared.keys, split.fractions, seed)
+        train_idx, val_idx, test_idx = split(prepared, model.spec.data.split, model.spec.data.fractions, seed)
         start = time.perf_counter()
         pred = np.asarray(BASELINES[name](prepared.features, prepared.targets,
                                           np.concatenate([train_idx, val_idx]), test_idx))

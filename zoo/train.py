@@ -45,11 +45,14 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class Prepared:
-    """Featurized rows with targets; ``skipped`` lists (row, reason) of rows that could not be used."""
+    """Featurized rows with targets; ``rows`` is where each sits in the table of ``n_rows``, and ``skipped``
+    lists (row, reason) of rows that could not be used."""
 
     features: list[dict]
     targets: np.ndarray
     keys: list
+    rows: np.ndarray
+    n_rows: int
     skipped: list[tuple[int, str]] = field(default_factory=list)
 
 
@@ -93,7 +96,20 @@ def prepare(model: ZooModel, rows: list[dict], progress: bool = True, data_sha25
     if not kept:
         first = f" (row {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
         raise ZooError(f"task {spec.name!r}: no usable training rows{first}")
-    return Prepared(features, targets[kept], [rows[i].get(key_column) for i in kept], skipped)
+    return Prepared(features, targets[kept], [rows[i].get(key_column) for i in kept], np.array(kept), len(rows),
+                    skipped)
+
+
+def split(data: Prepared, name: str, fractions: tuple[float, float, float], seed: int) -> tuple[np.ndarray, ...]:
+    """Train, validation and test positions into ``data``. Matbench's folds are of its published table, so they
+    are cut from every row and the unusable ones dropped after: a bad row leaves its fold one short instead of
+    reshuffling all five."""
+    if name != "matbench-kfold":
+        return SPLITS[name](data.keys, fractions, seed)
+    position = np.full(data.n_rows, -1)
+    position[data.rows] = np.arange(len(data.rows))
+    return tuple(position[part][position[part] >= 0]
+                 for part in SPLITS[name](list(range(data.n_rows)), fractions, seed))
 
 
 def fixed_test_set(spec: TaskSpec, path: str | Path | None) -> dict:
@@ -197,7 +213,7 @@ class Trainer:
         fractions = spec.data.fractions
         if test_rows is not None:
             fractions = (fractions[0] / sum(fractions[:2]), fractions[1] / sum(fractions[:2]), 0.0)
-        train_idx, val_idx, test_idx = SPLITS[spec.data.split](data.keys, fractions, cfg.seed)
+        train_idx, val_idx, test_idx = split(data, spec.data.split, fractions, cfg.seed)
         if len(train_idx) == 0 or len(val_idx) == 0:
             raise ZooError(f"task {spec.name!r}: {len(data.keys)} usable rows are too few to split "
                            f"{list(fractions)}")
