@@ -77,41 +77,23 @@ def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict[str
 
 
 def read_conll(path: str | Path) -> list[dict]:
-    """CoNLL ``word<TAB>tag`` lines, a blank line between sentences -> ``{"doc_id", "text": words, "tags": tags}``;
-    ``doc_id`` counts the ``-DOCSTART-`` lines (None in a file without them)."""
-    rows, words, tags, doc = [], [], [], None
+    """CoNLL ``word<TAB>tag`` lines, a blank line between sentences -> ``{"text": words, "tags": tags}``."""
+    rows, words, tags = [], [], []
     with open(path, encoding="utf-8") as f:
         for line in f:
             parts = line.rstrip("\n").split("\t")
-            docstart = parts[0].startswith("-DOCSTART-")
-            if docstart or len(parts) < 2 or not parts[0].strip():
+            if parts[0].startswith("-DOCSTART-"):
+                continue
+            if len(parts) < 2 or not parts[0].strip():
                 if words:
-                    rows.append({"doc_id": doc, "text": words, "tags": tags})
+                    rows.append({"text": words, "tags": tags})
                 words, tags = [], []
-                if docstart:
-                    doc = 0 if doc is None else doc + 1
                 continue
             words.append(parts[0])
             tags.append(parts[-1])
     if words:
-        rows.append({"doc_id": doc, "text": words, "tags": tags})
+        rows.append({"text": words, "tags": tags})
     return rows
-
-
-def passages(rows: list[dict], max_words: int) -> list[dict]:
-    """Consecutive sentences of one document (the same ``doc_id``) joined into rows of up to ``max_words``
-    words, so the encoder sees each word with its neighbouring sentences: an abbreviation is often defined one
-    sentence before it is used. A longer sentence, or one without a ``doc_id``, stays a row of its own. Entity
-    scores are unchanged by the joining, as no gold entity crosses a sentence."""
-    out: list[dict] = []
-    for row in rows:
-        last = out[-1] if out else None
-        if (last is not None and row.get("doc_id") is not None and last.get("doc_id") == row["doc_id"]
-                and len(last["text"]) + len(row["text"]) <= max_words):
-            out[-1] = {**last, "text": last["text"] + row["text"], "tags": last["tags"] + row["tags"]}
-        else:
-            out.append({**row, "text": list(row["text"]), "tags": list(row["tags"])})
-    return out
 
 
 def read_standoff(path: str | Path) -> list[dict]:

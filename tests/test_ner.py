@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from tasks import score
-from tasks.ner import entity_scores, iob2_viterbi, passages, read_conll, read_standoff, spans, tag_names
-from zoo.tables import read_dataset
+from tasks.ner import entity_scores, iob2_viterbi, read_conll, read_standoff, spans, tag_names
 
 
 def test_spans_follow_iob2_and_treat_a_stray_inside_tag_as_a_start():
@@ -51,31 +50,11 @@ def test_entity_f1_metric_scores_tag_ids_with_padding():
     assert score("entity_f1", gold, pred) == pytest.approx(2 * 1.0 * 0.5 / 1.5)  # P 1, R 1/2
 
 
-def test_read_conll_numbers_documents_at_docstart_and_splits_sentences(tmp_path):
+def test_read_conll_skips_docstart_and_splits_sentences(tmp_path):
     path = tmp_path / "x.tsv"
-    path.write_text("-DOCSTART-\tO\n\nIL-2\tB-protein\ngene\tO\n\nT\tB-cell_type\ncells\tI-cell_type\n"
-                    "-DOCSTART-\tO\n\nGR\tB-protein\n")
-    assert read_conll(path) == [{"doc_id": 0, "text": ["IL-2", "gene"], "tags": ["B-protein", "O"]},
-                                {"doc_id": 0, "text": ["T", "cells"], "tags": ["B-cell_type", "I-cell_type"]},
-                                {"doc_id": 1, "text": ["GR"], "tags": ["B-protein"]}]
-    # as a task's data: joined into passages where the registry sets passage_words
-    assert [r["text"] for r in read_dataset(path, "conll", passage_words=4)] == [["IL-2", "gene", "T", "cells"], ["GR"]]
-    path.write_text("IL-2\tB-protein\n\nT\tB-cell_type\n")
-    assert [r["doc_id"] for r in read_conll(path)] == [None, None]
-
-
-def test_passages_join_sentences_of_one_document_up_to_the_word_limit():
-    def row(doc, *words):
-        return {"doc_id": doc, "text": list(words), "tags": ["B-protein"] + ["O"] * (len(words) - 1)}
-
-    rows = [row("a", "GR", "binds"), row("a", "It", "is", "here"), row("a", "More"), row("b", "NF", "too"),
-            row(None, "x"), row(None, "y"), row("c", "one", "two", "three", "four", "five")]
-    out = passages(rows, 5)
-    assert [r["text"] for r in out] == [["GR", "binds", "It", "is", "here"], ["More"], ["NF", "too"], ["x"], ["y"],
-                                        ["one", "two", "three", "four", "five"]]
-    assert out[0]["tags"] == ["B-protein", "O", "B-protein", "O", "O"] and out[0]["doc_id"] == "a"
-    assert sum(len(spans(r["tags"])) for r in out) == sum(len(spans(r["tags"])) for r in rows)  # nothing lost
-    assert rows[0]["text"] == ["GR", "binds"]  # the sentences given are left as they were
+    path.write_text("-DOCSTART-\tO\n\nIL-2\tB-protein\ngene\tO\n\nT\tB-cell_type\ncells\tI-cell_type\n")
+    assert read_conll(path) == [{"text": ["IL-2", "gene"], "tags": ["B-protein", "O"]},
+                                {"text": ["T", "cells"], "tags": ["B-cell_type", "I-cell_type"]}]
 
 
 def test_read_standoff_tags_words_from_character_offsets_and_splits_sentences(tmp_path):

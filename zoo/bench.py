@@ -172,7 +172,7 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
     seed_name = "fold" if spec.data.split == "matbench-kfold" else "seed"
 
     path = Path(data) if data else data_file(spec, spec.data.file)
-    rows, data_sha = read_dataset(path, spec.data.reader, spec.data.passage_words), sha256_file(path)
+    rows, data_sha = read_dataset(path, spec.data.reader), sha256_file(path)
     test_path = spec.data.test_file and (path.parent / spec.data.test_file if data else data_file(spec, spec.data.test_file))
     test = fixed_test_set(spec, test_path)
     if quick:  # a subset: nothing cached under the full data's hash

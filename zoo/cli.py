@@ -72,7 +72,7 @@ def cmd_train(args) -> int:
         test_path = args.test_data or _test_file(spec, path, beside=bool(args.data))
     else:
         raise ZooError("zoo train needs a TASK and --out DIR, or --resume DIR")
-    rows, test = read_dataset(path, spec.data.reader, spec.data.passage_words), fixed_test_set(spec, test_path)
+    rows, test = read_dataset(path, spec.data.reader), fixed_test_set(spec, test_path)
     with process_group():
         rank = rank_and_world()[0]
         if not args.resume and rank == 0:

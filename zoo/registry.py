@@ -93,7 +93,6 @@ class DataSpec(Spec):
     split_key: str | None = None  # column a split groups by (scaffold: SMILES); default: the first input's
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seeds: list[int] = [0]
-    passage_words: int | None = None  # a tagging corpus's sentences joined into passages (tasks.ner.passages)
 
     @field_validator("reader", "test_reader")
     @classmethod

@@ -20,7 +20,6 @@ import pyarrow.parquet as pq
 
 from encoders import ZooError
 from tasks import READERS
-from tasks.ner import passages
 
 FORMATS = (".csv", ".parquet", ".jsonl")  # .csv.gz and .jsonl.gz are read too
 
@@ -83,16 +82,14 @@ def read_rows(path: str | Path) -> list[dict]:
     return [row for batch in iter_table(path) for row in batch.to_pylist()]
 
 
-def read_dataset(path: str | Path, reader: str = "table", passage_words: int | None = None) -> list[dict]:
-    """A task's data file: a table, or a corpus format the registry names (CoNLL, standoff JSONL, TSV); with
-    ``passage_words``, a corpus's sentences joined into passages of up to that many words."""
+def read_dataset(path: str | Path, reader: str = "table") -> list[dict]:
+    """A task's data file: a table, or a corpus format the registry names (CoNLL, standoff JSONL, TSV)."""
     if reader == "table":
         return read_rows(path)
     if not Path(path).is_file():
         raise ZooError(f"{path}: no such file")
     try:
-        rows = READERS[reader](path)
-        return passages(rows, passage_words) if passage_words else rows
+        return READERS[reader](path)
     except (OSError, UnicodeDecodeError, ValueError, KeyError) as err:
         raise ZooError(f"{path}: cannot read as {reader} ({str(err).splitlines()[0]})") from None
 

@@ -116,7 +116,7 @@ def fixed_test_set(spec: TaskSpec, path: str | Path | None) -> dict:
     """``fit``'s keyword arguments for a task's fixed test file (none when the task has no such file)."""
     if not path:
         return {}
-    return {"test_rows": read_dataset(path, spec.data.test_reader or spec.data.reader, spec.data.passage_words), "test_sha256": sha256_file(path)}
+    return {"test_rows": read_dataset(path, spec.data.test_reader or spec.data.reader), "test_sha256": sha256_file(path)}
 
 
 def epoch_batches(sizes: np.ndarray, batch_size: int, seed: int, epoch: int, bucket: bool) -> list[np.ndarray]:
