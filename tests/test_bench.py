@@ -127,3 +127,19 @@ def test_merge_completes_a_benchmark_one_seed_at_a_time(tmp_path, monkeypatch):
     assert record["mean"] == pytest.approx(sum(r["test"]["rmse"] for r in record["runs"]) / 2)
     assert main(bench + ["--seeds", "1", "--merge"]) == 0  # a rerun replaces its own run, never adds a copy
     assert len(json.loads((tmp_path / "molecule-solubility.json").read_text())["runs"]) == 2
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs the shared data sets (../shared/data or ZOO_DATA)")
+def test_work_keeps_each_run_and_a_second_call_does_not_train_it_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_DATA", str(SHARED_DATA))
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "home"))
+    bench = ["bench", "molecule-solubility", "--quick", "--seeds", "0", "--results", str(tmp_path),
+             "--work", str(tmp_path / "work")]
+    assert main(bench) == 0
+    run = tmp_path / "work" / "molecule-solubility" / "ours-0"
+    assert {"config.yaml", "model.safetensors", "checkpoint.pt"} <= {p.name for p in run.iterdir()}
+    first, log = json.loads((tmp_path / "molecule-solubility.json").read_text()), (run / "metrics.jsonl").read_text()
+    assert main(bench) == 0
+    again = json.loads((tmp_path / "molecule-solubility.json").read_text())
+    assert (run / "metrics.jsonl").read_text() == log  # no epoch was trained again
+    assert again["runs"][0]["test"] == first["runs"][0]["test"]

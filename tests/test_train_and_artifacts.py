@@ -62,6 +62,40 @@ def test_ema_validates_keeps_and_saves_the_averaged_weights(textbook_rows, tmp_p
     assert zoo.load(tmp_path / "ema").predict(rows) == model.predict(rows)
 
 
+def test_an_ensemble_trains_its_members_on_one_split_and_predicts_their_mean(textbook_rows, tmp_path):
+    settings = {**TINY, "train.epochs": 3, "train.seed": 4}
+    single, _ = zoo.train("molecule-solubility", textbook_rows, out=tmp_path / "one", progress=False,
+                          overrides=settings)
+    model, metrics = zoo.train("molecule-solubility", textbook_rows, out=tmp_path / "two", progress=False,
+                               overrides={**settings, "train.ensemble": 2})
+    rows = [{"smiles": s} for s in ("CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1")]
+    alone = [[p["logS"] for p in m.predict(rows)] for m in model.members]
+    assert [p["logS"] for p in single.predict(rows)] == alone[0]  # member 0 is the plain run of the same seed
+    assert alone[0] != alone[1]  # member 1 has a seed of its own
+    together = [p["logS"] for p in model.predict(rows)]
+    assert together == pytest.approx(np.mean(alone, axis=0), rel=1e-5)
+    assert zoo.load(tmp_path / "two").predict(rows) == model.predict(rows)
+    assert len(metrics["member_val"]) == len(metrics["best_epoch"]) == 2
+    assert metrics["n_val"] == json.loads((tmp_path / "one" / "metrics.json").read_text())["n_val"]
+    members = [json.loads(line)["member"] for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert members == [0] * 3 + [1] * 3
+    assert "an ensemble of 2 models (seeds 4-5)" in (tmp_path / "two" / "card.md").read_text()
+
+
+def test_resuming_a_finished_ensemble_trains_no_member_again(textbook_rows, tmp_path):
+    spec = zoo.info("molecule-solubility", overrides={**TINY, "train.epochs": 2, "train.ensemble": 2})
+    _, first = zoo.Trainer(spec, tmp_path, progress=False).fit(textbook_rows)
+    log = (tmp_path / "metrics.jsonl").read_text()
+    _, again = zoo.Trainer(spec, tmp_path, progress=False).fit(textbook_rows, resume=True)
+    assert (tmp_path / "metrics.jsonl").read_text() == log
+    assert again["val"] == first["val"] and again["test"] == first["test"]
+
+
+def test_a_contrastive_task_refuses_an_ensemble():
+    with pytest.raises(ZooError, match="train.ensemble"):
+        zoo.info("molecule-text-retrieval", overrides={"train.ensemble": 2})
+
+
 @pytest.mark.parametrize("fusion", [{"type": "mean", "dim": 32},
                                     {"type": "cross-attention", "dim": 32, "heads": 2, "latents": 4}])
 def test_predictions_are_finite_and_depend_on_the_molecule(textbook_rows, fusion):

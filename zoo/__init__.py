@@ -11,12 +11,12 @@ import os
 
 from encoders import InputError, ZooError
 from zoo.artifacts import load as _load
-from zoo.model import ZooModel
+from zoo.model import Ensemble, ZooModel
 from zoo.predict import predict_table
 from zoo.registry import TaskSpec, load_registry
 from zoo.train import Trainer
 
-__all__ = ["InputError", "TaskSpec", "Trainer", "ZooError", "ZooModel", "info", "list_tasks", "load",
+__all__ = ["Ensemble", "InputError", "TaskSpec", "Trainer", "ZooError", "ZooModel", "info", "list_tasks", "load",
            "predict_table", "train"]
 
 
@@ -30,7 +30,7 @@ def info(name: str, registry: str | os.PathLike | None = None, overrides: dict |
 
 
 def load(name_or_path: str | os.PathLike, registry: str | os.PathLike | None = None,
-         device: str = "cpu") -> ZooModel:
+         device: str = "cpu") -> ZooModel | Ensemble:
     """A trained model from a folder or a registry task name (explicit folder > $ZOO_HOME > bundled > hf://)."""
     return _load(name_or_path, load_registry(registry) if registry else None, device)
 

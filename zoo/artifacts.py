@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors, save_file
 
 from encoders import ZooError
-from zoo.model import ZooModel
+from zoo.model import Ensemble, ZooModel, build_model
 from zoo.registry import Registry, TaskSpec, load_registry, validate_task
 
 BUNDLED = Path(__file__).resolve().parent / "weights"
@@ -120,7 +120,7 @@ def versions() -> dict[str, str]:
     return out
 
 
-def save(model: ZooModel, out: Path, metrics: dict, data_sha256: str | None = None) -> Path:
+def save(model: ZooModel | Ensemble, out: Path, metrics: dict, data_sha256: str | None = None) -> Path:
     out = Path(out)
     weights = out / "model.safetensors"
     skip = model.pretrained_frozen()
@@ -140,7 +140,7 @@ def save(model: ZooModel, out: Path, metrics: dict, data_sha256: str | None = No
     return out
 
 
-def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu") -> ZooModel:
+def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu") -> ZooModel | Ensemble:
     """A model folder -> the model, checked before anything is built from it: config.yaml is plain YAML
     naming only registered types, model.safetensors has the sha256 config.yaml records, and every tensor
     has the name and shape the model expects."""
@@ -167,7 +167,7 @@ def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu") -
         state = load_safetensors(data)
     except SafetensorError as err:
         raise ZooError(f"{weights}: not a readable safetensors file ({str(err).splitlines()[0]})") from None
-    model = ZooModel(spec)
+    model = build_model(spec)
     rebuilt = model.pretrained_frozen()
     expected = {k: v for k, v in model.state_dict().items() if k not in rebuilt}
     for key in sorted(set(expected) | set(state)):
@@ -218,7 +218,7 @@ def download(url: str, into: Path) -> Path:
     return into
 
 
-def load(name_or_path: str | os.PathLike, registry: Registry | None = None, device: str = "cpu") -> ZooModel:
+def load(name_or_path: str | os.PathLike, registry: Registry | None = None, device: str = "cpu") -> ZooModel | Ensemble:
     """A trained model from a folder, or from a registry task name (weights resolved as above)."""
     if Path(name_or_path).is_dir():
         return load_artifact(name_or_path, device)
@@ -234,6 +234,8 @@ def model_card(spec: TaskSpec, metrics: dict, data_sha256: str | None = None) ->
     test = metrics.get("test", {}).get(spec.metric)
     test_text = f"{test:.4f}" if isinstance(test, float) else "not measured"
     inputs = ", ".join(f"{n} ({i.column} -> {i.encoder}, {i.transfer})" for n, i in spec.inputs.items())
+    k = spec.train.ensemble
+    ensemble = f"; an ensemble of {k} models (seeds {spec.train.seed}-{spec.train.seed + k - 1}), outputs averaged" if k > 1 else ""
     return f"""# {spec.name}
 
 {spec.description}
@@ -241,7 +243,7 @@ def model_card(spec: TaskSpec, metrics: dict, data_sha256: str | None = None) ->
 - Inputs: {inputs}
 - Fusion: {spec.fusion.type}; head: {spec.head.type} -> {', '.join(spec.head.targets)} ({spec.head.unit or 'no unit'})
 - Data: {spec.data.dataset}/{spec.data.file} (sha256 {data_sha256 or 'not recorded'}; source: {spec.data.source or 'not recorded'})
-- Split: {spec.data.split} {list(spec.data.fractions)}, seed {spec.train.seed}
+- Split: {spec.data.split} {list(spec.data.fractions)}, seed {spec.train.seed}{ensemble}
 - Test {spec.metric}: {test_text}
 
 | reference | {spec.metric} | source |

@@ -30,6 +30,7 @@ from tasks.baselines import BASELINES
 from tasks.metrics import class_labels, tag_sequences
 from tasks.ner import entity_scores
 from zoo.artifacts import BUNDLED, sha256_file, versions
+from zoo.checkpoint import NAME as CHECKPOINT
 from zoo.data import data_file
 from zoo.model import ZooModel
 from zoo.registry import Registry, TaskSpec
@@ -130,13 +131,15 @@ def confusion_plot(runs: list[dict], path: Path, classes: list[str], title: str)
 
 
 def curves_plot(runs: list[dict], path: Path, spec: TaskSpec) -> None:
-    """Training loss and validation metric per epoch, one line per run."""
+    """Training loss and validation metric per epoch, one line per run (per member of an ensemble)."""
     fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=120)
     for run in runs:
-        epochs = [h["epoch"] for h in run["history"]]
-        label = f"{run['variant']} {run['seed']}"
-        loss_ax.plot(epochs, [h["train_loss"] for h in run["history"]], label=label)
-        val_ax.plot(epochs, [h[f"val_{spec.metric}"] for h in run["history"]], label=label)
+        for member in dict.fromkeys(h.get("member") for h in run["history"]):  # an ensemble's, one by one
+            history = [h for h in run["history"] if h.get("member") == member]
+            epochs = [h["epoch"] for h in history]
+            label = f"{run['variant']} {run['seed']}" + (f" member {member}" if member is not None else "")
+            loss_ax.plot(epochs, [h["train_loss"] for h in history], label=label)
+            val_ax.plot(epochs, [h[f"val_{spec.metric}"] for h in history], label=label)
     loss_ax.set(xlabel="epoch", ylabel="training loss", yscale="log")
     val_ax.set(xlabel="epoch", ylabel=f"validation {spec.metric}")
     val_ax.legend(fontsize=6)
@@ -155,10 +158,12 @@ def _subset(rows: list[dict], n: int) -> list[dict]:
 
 def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None, variants: list[str] | None = None,
                overrides: dict | None = None, results: Path = Path("benchmarks/results"), quick: bool = False,
-               bundle: bool = False, data: str | None = None, merge: bool = False) -> dict:
+               bundle: bool = False, data: str | None = None, merge: bool = False, work: Path | None = None) -> dict:
     """Run ``task``'s benchmark; returns (and writes) its results record. With ``merge``, the runs of the
     task's earlier results file that this call does not redo (other variants, seeds or folds) are kept, so
-    an expensive benchmark can be completed one fold or variant at a time."""
+    an expensive benchmark can be completed one fold or variant at a time. With ``work``, each run's folder
+    (model, log, checkpoints) is kept in ``work/<task>/<variant>-<seed>``, and a run found there continues from
+    its checkpoint: one killed midway resumes, one that finished is evaluated again without training."""
     base = dict(overrides or {})
     spec = registry.task(task, base)
     if quick:
@@ -180,7 +185,9 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
         if test:
             test = {"test_rows": _subset(test["test_rows"], QUICK_TEST_ROWS), "test_sha256": None}
 
-    runs, rates, work, commit = [], {}, Path(tempfile.mkdtemp(prefix="scizoo-bench-")), git_commit()
+    runs, rates, commit = [], {}, git_commit()
+    keep = work is not None
+    work = Path(work) / task if keep else Path(tempfile.mkdtemp(prefix="scizoo-bench-"))
     try:
         for variant, variant_overrides in chosen.items():
             rates[variant] = featurization_rate(ZooModel(registry.task(task, {**base, **variant_overrides})), rows)
@@ -189,7 +196,9 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
                 seed_spec = registry.task(task, {**base, **variant_overrides, "train.seed": seed})
                 out = work / f"{variant}-{seed}"
                 start = time.perf_counter()
-                model, m = Trainer(seed_spec, out=out, progress=not quick).fit(rows, data_sha256=data_sha, **test)
+                resume = (out / CHECKPOINT).is_file() or any(out.glob(f"member-*/{CHECKPOINT}"))
+                model, m = Trainer(seed_spec, out=out, progress=not quick).fit(rows, data_sha256=data_sha,
+                                                                                resume=resume, **test)
                 wall = time.perf_counter() - start
                 weights_mb = (out / "model.safetensors").stat().st_size / 1e6
                 history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -215,7 +224,8 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
         record = _record(spec, chosen, runs, rates, seeds, seed_name, path, data_sha or sha256_file(path), quick)
         _write(record, runs, spec, results, chosen)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
     return record
 
 
@@ -305,5 +315,5 @@ def _bundle(spec: TaskSpec, runs: list[dict], work: Path, first: str, seed_name:
     target = BUNDLED / spec.name
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(work / f"{first}-{best['seed']}", target,
-                    ignore=shutil.ignore_patterns("metrics.jsonl", "checkpoint.pt", "tensorboard", "*.lock"))
+                    ignore=shutil.ignore_patterns("metrics.jsonl", "checkpoint.pt", "tensorboard", "*.lock", "member-*"))
     print(f"bundled {first} {seed_name} {best['seed']} (val {spec.metric} {best['val'][spec.metric]:.4f}) into {target}")

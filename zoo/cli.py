@@ -154,6 +154,8 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true",
                        help=f"{QUICK_ROWS} rows, {QUICK_EPOCHS} epochs, the first seed: checks the protocol runs")
     bench.add_argument("--bundle", action="store_true", help="ship the best-validation run as the bundled weights")
+    bench.add_argument("--work", help="keep each run's folder here (model, log, checkpoints); run again with the "
+                                      "same folder, a killed run resumes and a finished one is not retrained")
     bench.add_argument("--merge", action="store_true",
                        help="keep the runs of the task's earlier results file that this call does not redo")
     bench.set_defaults(run=cmd_bench)
@@ -173,7 +175,7 @@ def cmd_bench(args) -> int:
         try:
             bench_task(registry, name, seeds=args.seeds, variants=args.variants, overrides=parse_overrides(args.set),
                        results=results, quick=args.quick, bundle=args.bundle, data=args.data,
-                       merge=args.merge)
+                       merge=args.merge, work=args.work and Path(args.work))
         except ZooError as err:
             if len(names) == 1:
                 raise

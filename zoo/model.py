@@ -1,6 +1,7 @@
 """A task's model: one encoder per named encoder, a projection per input, a fusion and a head.
 
-It also owns the row-level data path (``featurize`` -> ``collate``) so training and inference share it.
+It also owns the row-level data path (``featurize`` -> ``collate``) so training and inference share it. An
+``Ensemble`` of such models (``train.ensemble``) runs through the same data path and averages their outputs.
 """
 from __future__ import annotations
 
@@ -42,82 +43,13 @@ def to_device(batch, device: torch.device):
     return batch
 
 
-class ZooModel(nn.Module):
-    def __init__(self, spec: TaskSpec):
-        super().__init__()
-        self.spec = spec
-        dim = spec.fusion.params.get("dim", 128)
-        self.encoders = nn.ModuleDict({n: build_encoder(e.type, **e.params) for n, e in spec.encoders.items()})
-        self.project = nn.ModuleDict(
-            {n: nn.Linear(self.encoders[i.encoder].out_dim, dim) for n, i in spec.inputs.items()}
-        )
-        self.fusion = FUSIONS[spec.fusion.type](list(spec.inputs), **spec.fusion.params)
-        self.head = HEADS[spec.head.type](dim, targets=dict(spec.head.targets), **spec.head.params)
-        for name, inp in spec.inputs.items():
-            encoder = self.encoders[inp.encoder]
-            if inp.transfer == "train":
-                continue
-            if hasattr(encoder, "set_transfer"):  # a pretrained encoder knows its own layers
-                encoder.set_transfer(inp.transfer, top_k=inp.top_k, lora_r=inp.lora.r, lora_alpha=inp.lora.alpha,
-                                     lora_dropout=inp.lora.dropout)
-            elif inp.transfer == "frozen":
-                encoder.requires_grad_(False)
-            else:
-                raise ZooError(f"task {spec.name!r}: key 'inputs.{name}.transfer': encoder "
-                               f"{inp.encoder!r} has no pretrained layers to {inp.transfer}")
-
-    def pretrained_frozen(self) -> set[str]:
-        """Names of the frozen parameters of pretrained backbones: rebuilt from the installed package on load,
-        so not saved (a LoRA or frozen-backbone artifact holds only what was trained)."""
-        return {f"encoders.{e}.{k}" for e, enc in self.encoders.items() if hasattr(enc, "backbone")
-                for k, p in enc.named_parameters() if not p.requires_grad}
+class Inference:
+    """The batch data path of a model (one, or an ensemble): rows -> features -> batches -> head outputs, over its
+    ``featurize``, ``collate``, ``forward`` and ``head``."""
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        for inp in self.spec.inputs.values():  # a frozen backbone keeps its inference behaviour (dropout, BN)
-            if inp.transfer == "frozen":
-                self.encoders[inp.encoder].eval()
-        return self
-
-    # -- data path -------------------------------------------------------------------------------------
-    def featurize(self, row: dict) -> dict[str, Any]:
-        """One table row -> features per input (None where the cell is empty). Raises InputError."""
-        features, empty = {}, []
-        for name, inp in self.spec.inputs.items():
-            raw = row.get(inp.column)
-            if is_missing(raw):
-                features[name] = None
-                empty.append(inp.column)
-                continue
-            try:
-                features[name] = self.encoders[inp.encoder].featurize(raw)
-            except InputError as err:
-                raise InputError(err.modality, f"column {inp.column!r}: {err.why}") from None
-        if len(empty) == len(features):
-            raise InputError("row", f"every input is empty ({', '.join(repr(c) for c in dict.fromkeys(empty))})")
-        return features
-
-    def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            name: self.encoders[inp.encoder].collate([f[name] for f in features])
-            for name, inp in self.spec.inputs.items()
-        }
-
-    def targets(self, rows: list[dict]) -> np.ndarray:
-        """Targets as the head reads them: [N, ...] floats, NaN where missing or not usable."""
-        return self.head.read_targets(rows)
-
-    # -- model -----------------------------------------------------------------------------------------
-    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        tokens = {}
-        for name, inp in self.spec.inputs.items():
-            t = self.encoders[inp.encoder](batch[name])
-            tokens[name] = Tokens(self.project[name](t.x), t.mask)
-        return self.head(self.fusion(tokens))
 
     def _featurize_one(self, item: tuple[int, dict]) -> tuple[int, dict | None, str | None]:
         i, row = item
@@ -175,3 +107,118 @@ class ZooModel(nn.Module):
             out = np.full((len(rows), values.shape[1]), np.nan, np.float32) if out is None else out
             out[index] = values
         return (out if out is not None else np.zeros((len(rows), 0), np.float32)), errors
+
+
+class ZooModel(Inference, nn.Module):
+    def __init__(self, spec: TaskSpec):
+        super().__init__()
+        self.spec = spec
+        dim = spec.fusion.params.get("dim", 128)
+        self.encoders = nn.ModuleDict({n: build_encoder(e.type, **e.params) for n, e in spec.encoders.items()})
+        self.project = nn.ModuleDict(
+            {n: nn.Linear(self.encoders[i.encoder].out_dim, dim) for n, i in spec.inputs.items()}
+        )
+        self.fusion = FUSIONS[spec.fusion.type](list(spec.inputs), **spec.fusion.params)
+        self.head = HEADS[spec.head.type](dim, targets=dict(spec.head.targets), **spec.head.params)
+        for name, inp in spec.inputs.items():
+            encoder = self.encoders[inp.encoder]
+            if inp.transfer == "train":
+                continue
+            if hasattr(encoder, "set_transfer"):  # a pretrained encoder knows its own layers
+                encoder.set_transfer(inp.transfer, top_k=inp.top_k, lora_r=inp.lora.r, lora_alpha=inp.lora.alpha,
+                                     lora_dropout=inp.lora.dropout)
+            elif inp.transfer == "frozen":
+                encoder.requires_grad_(False)
+            else:
+                raise ZooError(f"task {spec.name!r}: key 'inputs.{name}.transfer': encoder "
+                               f"{inp.encoder!r} has no pretrained layers to {inp.transfer}")
+
+    def pretrained_frozen(self) -> set[str]:
+        """Names of the frozen parameters of pretrained backbones: rebuilt from the installed package on load,
+        so not saved (a LoRA or frozen-backbone artifact holds only what was trained)."""
+        return {f"encoders.{e}.{k}" for e, enc in self.encoders.items() if hasattr(enc, "backbone")
+                for k, p in enc.named_parameters() if not p.requires_grad}
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for inp in self.spec.inputs.values():  # a frozen backbone keeps its inference behaviour (dropout, BN)
+            if inp.transfer == "frozen":
+                self.encoders[inp.encoder].eval()
+        return self
+
+    # -- data path -------------------------------------------------------------------------------------
+    def featurize(self, row: dict) -> dict[str, Any]:
+        """One table row -> features per input (None where the cell is empty). Raises InputError."""
+        features, empty = {}, []
+        for name, inp in self.spec.inputs.items():
+            raw = row.get(inp.column)
+            if is_missing(raw):
+                features[name] = None
+                empty.append(inp.column)
+                continue
+            try:
+                features[name] = self.encoders[inp.encoder].featurize(raw)
+            except InputError as err:
+                raise InputError(err.modality, f"column {inp.column!r}: {err.why}") from None
+        if len(empty) == len(features):
+            raise InputError("row", f"every input is empty ({', '.join(repr(c) for c in dict.fromkeys(empty))})")
+        return features
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            name: self.encoders[inp.encoder].collate([f[name] for f in features])
+            for name, inp in self.spec.inputs.items()
+        }
+
+    def targets(self, rows: list[dict]) -> np.ndarray:
+        """Targets as the head reads them: [N, ...] floats, NaN where missing or not usable."""
+        return self.head.read_targets(rows)
+
+    # -- model -----------------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        tokens = {}
+        for name, inp in self.spec.inputs.items():
+            t = self.encoders[inp.encoder](batch[name])
+            tokens[name] = Tokens(self.project[name](t.x), t.mask)
+        return self.head(self.fusion(tokens))
+
+
+class Ensemble(Inference, nn.Module):
+    """Models of one task trained on one split from different seeds (``train.ensemble``). Their raw head outputs
+    are averaged (logits for tags and classes; scaled values for regression, whose scaling the shared split
+    makes the same) and decoded by the first member's head; rows are featurized once, by the first member."""
+
+    def __init__(self, members: list[ZooModel]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.spec = members[0].spec
+
+    @property
+    def head(self) -> nn.Module:
+        return self.members[0].head
+
+    @property
+    def encoders(self) -> nn.ModuleDict:
+        return self.members[0].encoders
+
+    def pretrained_frozen(self) -> set[str]:
+        return {f"members.{k}.{name}" for k, m in enumerate(self.members) for name in m.pretrained_frozen()}
+
+    def featurize(self, row: dict) -> dict[str, Any]:
+        return self.members[0].featurize(row)
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.members[0].collate(features)
+
+    def targets(self, rows: list[dict]) -> np.ndarray:
+        return self.members[0].targets(rows)
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        return torch.stack([m(batch) for m in self.members]).mean(0)
+
+
+def build_model(spec: TaskSpec) -> ZooModel | Ensemble:
+    """The untrained model a task entry describes: one, or ``train.ensemble`` members."""
+    if spec.train.ensemble == 1:
+        return ZooModel(spec)
+    return Ensemble([ZooModel(spec) for _ in range(spec.train.ensemble)])

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from encoders import ENCODERS, ZooError
 from fusion import FUSIONS
@@ -124,6 +124,7 @@ class TrainSpec(Spec):
     bf16: bool = True            # bfloat16 autocast, on CUDA only
     checkpoint_every: int = 0    # optimizer steps between resumable checkpoints (0: at each epoch end)
     ema: float = 0.0             # decay of a moving average of the weights, validated and kept instead (0: off)
+    ensemble: int = Field(1, ge=1)  # models trained on the one split from seeds seed, seed+1, ...; outputs averaged
 
 
 class BenchSpec(Spec):
@@ -278,6 +279,9 @@ def validate_task(entry: dict) -> TaskSpec:
     _check_params(where, "head", HEADS, spec.head, skip=("targets",))
     if not spec.inputs:
         raise ZooError(f"{where}: key 'inputs': a task needs at least one input")
+    if spec.train.ensemble > 1 and spec.head.type == "contrastive":
+        raise ZooError(f"{where}: key 'train.ensemble': a contrastive head cannot be ensembled (each model's "
+                       "embeddings live in a space of their own)")
     return spec
 
 

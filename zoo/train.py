@@ -2,7 +2,9 @@
 early stopping on the task's validation metric, seeded, with per-epoch metrics appended to ``metrics.jsonl``.
 
 With ``ema`` the weights validated, kept and saved are an exponential moving average of the trained ones
-(``torch.optim.swa_utils``): a smoother minimum than any single step's, for tasks that overfit late.
+(``torch.optim.swa_utils``): a smoother minimum than any single step's, for tasks that overfit late. With
+``ensemble`` K, K models are trained one after another on the one split (seeds seed .. seed+K-1, each with its
+own early stopping) and saved as one ``Ensemble`` whose outputs are their mean.
 
 The same loop runs in one process or under torchrun (DDP: gloo on CPU, NCCL on GPU, bf16 autocast on GPU).
 Each epoch's batches are a function of (seed, epoch), and a checkpoint holds the position inside the epoch,
@@ -30,9 +32,9 @@ from encoders import InputError, ZooError
 from tasks import METRICS, SPLITS, score
 from zoo.artifacts import exclusive, save, sha256_file
 from zoo.cache import cache_path, load_features, save_features
-from zoo.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from zoo.checkpoint import NAME as CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from zoo.distributed import rank_and_world
-from zoo.model import ZooModel, feature_size, to_device
+from zoo.model import Ensemble, ZooModel, feature_size, to_device
 from zoo.registry import TaskSpec
 from zoo.tables import read_dataset
 
@@ -203,13 +205,13 @@ class Trainer:
                                         "to finish or train into another --out"):
             return self._fit(rows, data_sha256, test_rows, test_sha256, resume)
 
-    def _fit(self, rows, data_sha256, test_rows, test_sha256, resume) -> tuple[ZooModel, dict]:
+    def _fit(self, rows, data_sha256, test_rows, test_sha256, resume) -> tuple[ZooModel | Ensemble, dict]:
         spec, cfg = self.spec, self.spec.train
         rank, world = rank_and_world()
         seed_everything(cfg.seed)
-        model = ZooModel(spec).to(_device())
+        first = ZooModel(spec).to(_device())
         started = time.perf_counter()
-        data = self._prepare(model, rows, data_sha256)
+        data = self._prepare(first, rows, data_sha256)
         fractions = spec.data.fractions
         if test_rows is not None:
             fractions = (fractions[0] / sum(fractions[:2]), fractions[1] / sum(fractions[:2]), 0.0)
@@ -219,8 +221,44 @@ class Trainer:
                            f"{list(fractions)}")
         test = data
         if test_rows is not None:
-            test = self._prepare(model, test_rows, test_sha256)
+            test = self._prepare(first, test_rows, test_sha256)
             test_idx = np.arange(len(test.keys))
+        members, runs = [], []
+        for k in range(cfg.ensemble):  # an ensemble's members share the split; only their seeds differ
+            if k:
+                seed_everything(cfg.seed + k)
+            member = first if k == 0 else ZooModel(spec).to(_device())
+            runs.append(self._train(member, k, data, train_idx, val_idx, data_sha256, resume,
+                                    [r for run in runs for r in run["history"]]))
+            members.append(member)
+        model = members[0] if cfg.ensemble == 1 else Ensemble(members)
+
+        per_member = lambda values: values[0] if cfg.ensemble == 1 else values
+        metrics = {"best_epoch": per_member([r["best_epoch"] for r in runs]),
+                   "epochs_run": per_member([len(r["history"]) for r in runs]),
+                   "n_train": len(train_idx), "n_val": len(val_idx), "n_test": len(test_idx),
+                   "skipped_rows": len(data.skipped), "world_size": world}
+        if cfg.ensemble > 1:  # each member's own best validation score, beside the ensemble's below
+            metrics["member_val"] = [{spec.metric: r["best"]} for r in runs]
+        for part, source, index in (("val", data, val_idx), ("test", test, test_idx)):
+            if len(index):
+                pred, true = self.evaluate(model, source, index)
+                metrics[part] = {name: score(name, true, pred) for name in _family_metrics(spec.metric)}
+                metrics[f"{part}_predictions"] = {"true": true.tolist(), "pred": pred.tolist()}
+        metrics["wall_s"] = round(time.perf_counter() - started, 2)
+        if self.out and rank == 0:
+            save(model.cpu(), self.out, _without_predictions(metrics), data_sha256)
+        return model, metrics
+
+    def _train(self, model: ZooModel, member: int, data: Prepared, train_idx: np.ndarray, val_idx: np.ndarray,
+               data_sha256: str | None, resume: bool, logged: list[dict]) -> dict:
+        """Train ``model`` (member ``member`` of the run: seeded ``seed + member``) and leave it holding its best
+        validation state; returns the run's record (history, best epoch and value). An ensemble's members
+        checkpoint into ``out/member-<k>``; ``logged`` is the earlier members' history, kept in the log."""
+        spec, cfg = self.spec, self.spec.train
+        rank, world = rank_and_world()
+        seed = cfg.seed + member
+        folder = self.out / f"member-{member}" if self.out and cfg.ensemble > 1 else self.out
         model.head.fit(data.targets[train_idx])
         # made after head.fit, so the copy holds the target scaling; buffers are averaged with the weights
         averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
@@ -233,11 +271,13 @@ class Trainer:
         warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: _lr_factor(step, warmup, total, cfg.final_lr_ratio))
-        # Where the run is: the epoch, the batches of it done, their losses, and the early-stopping state.
-        run = {"epoch": 0, "batch": 0, "losses": [], "best": None, "best_epoch": -1, "history": [], "step": 0}
+        # Where the run is: the epoch, the batches of it done, their losses, the early-stopping state, and
+        # whether it is over (a finished member of an ensemble is not trained again on resume).
+        run = {"epoch": 0, "batch": 0, "losses": [], "best": None, "best_epoch": -1, "history": [], "step": 0,
+               "done": False}
         best_state = None
-        if resume:
-            ckpt = load_checkpoint(self.out)
+        if resume and (cfg.ensemble == 1 or (folder / CHECKPOINT).is_file()):
+            ckpt = load_checkpoint(folder)
             if ckpt["spec"] != spec.model_dump(mode="json") or ckpt["data_sha256"] != data_sha256:
                 raise ZooError(f"{self.out}: the checkpoint was made by another task entry or data file; "
                                "resume with the same ones, or train into a new --out")
@@ -251,8 +291,8 @@ class Trainer:
         trained = _ddp(model) if world > 1 else model
 
         def checkpoint() -> None:
-            if self.out and rank == 0:
-                save_checkpoint(self.out, {
+            if folder and rank == 0:
+                save_checkpoint(folder, {
                     "spec": spec.model_dump(mode="json"), "data_sha256": data_sha256, "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "best_state": best_state, "run": run, "rng": rng_state(),
@@ -260,14 +300,15 @@ class Trainer:
 
         log = self.out / "metrics.jsonl" if self.out and rank == 0 else None
         if log:  # rewritten from the run's own history, so a resumed log has each epoch once
-            log.parent.mkdir(parents=True, exist_ok=True)
-            log.write_text("".join(json.dumps(r) + "\n" for r in run["history"]))
-        board = _tensorboard(self.out) if log else None
-        bar = tqdm(range(run["epoch"], cfg.epochs), desc=f"train {spec.name}", unit="epoch",
+            folder.mkdir(parents=True, exist_ok=True)
+            log.write_text("".join(json.dumps(r) + "\n" for r in logged + run["history"]))
+        board = _tensorboard(folder) if log else None
+        bar = tqdm(range(run["epoch"], run["epoch"] if run["done"] else cfg.epochs), unit="epoch",
+                   desc=f"train {spec.name}" + (f" member {member}" if cfg.ensemble > 1 else ""),
                    disable=None if self.progress and rank == 0 else True)
         for epoch in bar:
             model.train()
-            batches = epoch_batches(sizes, cfg.batch_size, cfg.seed, epoch, cfg.bucket)
+            batches = epoch_batches(sizes, cfg.batch_size, seed, epoch, cfg.bucket)
             for b in range(run["batch"], len(batches)):
                 share = train_idx[batches[b][rank::world]]  # this rank's part of the global batch
                 micro = np.array_split(share, min(cfg.accumulate, len(share)))
@@ -293,14 +334,14 @@ class Trainer:
             pred, true = self.evaluate(kept, data, val_idx)
             value = score(spec.metric, true, pred)
             record = {"epoch": epoch, "train_loss": float(np.mean(run["losses"])), f"val_{spec.metric}": value,
-                      "lr": scheduler.get_last_lr()[0]}
+                      "lr": scheduler.get_last_lr()[0], **({"member": member} if cfg.ensemble > 1 else {})}
             run["history"].append(record)
             if log:
                 with open(log, "a") as f:
                     f.write(json.dumps(record) + "\n")
             if board:
                 for key, number in record.items():
-                    if key != "epoch":
+                    if key not in ("epoch", "member"):
                         board.add_scalar(key, number, epoch)
             bar.set_postfix(loss=f"{record['train_loss']:.4f}", **{f"val_{spec.metric}": f"{value:.4f}"})
             better = run["best"] is None or (value > run["best"] if self.metric.higher_is_better else value < run["best"])
@@ -311,22 +352,13 @@ class Trainer:
             checkpoint()
             if not better and epoch - run["best_epoch"] >= cfg.patience:
                 break
+        if not run["done"]:
+            run["done"] = True
+            checkpoint()
         model.load_state_dict(best_state)
         if board:
             board.close()
-
-        metrics = {"best_epoch": run["best_epoch"], "epochs_run": len(run["history"]),
-                   "n_train": len(train_idx), "n_val": len(val_idx), "n_test": len(test_idx),
-                   "skipped_rows": len(data.skipped), "world_size": world}
-        for part, source, index in (("val", data, val_idx), ("test", test, test_idx)):
-            if len(index):
-                pred, true = self.evaluate(model, source, index)
-                metrics[part] = {name: score(name, true, pred) for name in _family_metrics(spec.metric)}
-                metrics[f"{part}_predictions"] = {"true": true.tolist(), "pred": pred.tolist()}
-        metrics["wall_s"] = round(time.perf_counter() - started, 2)
-        if self.out and rank == 0:
-            save(model.cpu(), self.out, _without_predictions(metrics), data_sha256)
-        return model, metrics
+        return run
 
 
 def _tensorboard(out: Path):
