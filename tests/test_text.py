@@ -33,7 +33,8 @@ def _ner_rows():
     return rows
 
 
-NER_TINY = {"fusion.dim": 32, "train.batch_size": 8, "train.epochs": 3, "data.fractions": [0.7, 0.3, 0.0]}
+NER_TINY = {"fusion.dim": 32, "train.batch_size": 8, "train.epochs": 3, "data.fractions": [0.7, 0.3, 0.0],
+            "train.ensemble": 1}  # one model: the registry's two would double every test's training
 
 
 @pytest.fixture(scope="module")
