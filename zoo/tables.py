@@ -4,6 +4,11 @@ CSV cells are read as text, so a column's type never depends on which chunk came
 go back out exactly as they came in. A CSV cell that is not valid UTF-8 (Latin-1 from an old instrument) is
 read with U+FFFD in place of its bad bytes, so it fails on its own row (a SMILES must be ASCII) instead of
 failing the whole table; JSON Lines and Parquet are UTF-8 by definition, and a file that is not is refused.
+
+One oversized cell fails its own row too, not the table: a CSV row longer than the reader's block is read again
+with bigger blocks (up to ``MAX_BLOCK``), and JSON Lines are parsed in runs of whole lines, so the cell reaches
+its encoder and meets that encoder's size limit. JSON Lines are read with one schema unified over the whole file
+first, so a field that first appears late, or a column that is null at first and text later, reads like any other.
 """
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ from encoders import ZooError
 from tasks import READERS
 
 FORMATS = (".csv", ".parquet", ".jsonl")  # .csv.gz and .jsonl.gz are read too
+BLOCK = 1 << 20  # bytes pyarrow reads at a time
+MAX_BLOCK = 64 << 20  # a CSV row longer than this fails the table; every encoder refuses far smaller cells
 
 
 def table_format(path: Path, compressed: bool = False) -> str:
@@ -51,19 +58,71 @@ def _read_blocks(path: Path, chunk_rows: int) -> Iterator[pa.RecordBatch]:
         if kind == ".parquet":
             yield from pq.ParquetFile(path).iter_batches(batch_size=chunk_rows)
         elif kind == ".jsonl":
-            yield from pa_json.open_json(path, read_options=pa_json.ReadOptions(block_size=1 << 20))
+            yield from _jsonl_batches(path)
         else:
-            header = pa_csv.open_csv(path).schema.names
+            yield from _csv_batches(path)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as err:
+        raise ZooError(f"{path}: cannot read as {kind[1:]} ({str(err).splitlines()[0]})") from None
+
+
+def _csv_batches(path: Path) -> Iterator[pa.RecordBatch]:
+    """A row longer than the block stops pyarrow's reader ("straddling object"): read the file again with
+    blocks four times bigger, from the first row not given yet."""
+    block, done = BLOCK, 0
+    while True:
+        try:
+            header = pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(block_size=block)).schema.names
             if not any(h.strip() for h in header):
                 raise ZooError(f"{path}: the file has no header row")
             reader = pa_csv.open_csv(
                 path,
-                read_options=pa_csv.ReadOptions(block_size=1 << 20),
+                read_options=pa_csv.ReadOptions(block_size=block),
                 convert_options=pa_csv.ConvertOptions(column_types={h: pa.binary() for h in header}),
             )
-            yield from map(_as_utf8, reader)
-    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as err:
-        raise ZooError(f"{path}: cannot read as {kind[1:]} ({str(err).splitlines()[0]})") from None
+            seen = 0
+            for batch in reader:
+                seen += len(batch)
+                if seen > done:  # past what a pass with smaller blocks gave (counted here: pyarrow's
+                    # skip_rows_after_names would count blank lines too)
+                    yield _as_utf8(batch.slice(len(batch) - (seen - done)))
+                    done = seen
+            return
+        except pa.ArrowInvalid as err:
+            if "straddl" not in str(err):
+                raise
+            if block >= MAX_BLOCK:
+                raise ZooError(f"{path}: cannot read as csv (row {done:,} or a later one is over "
+                               f"{MAX_BLOCK >> 20} MiB)") from None
+            block *= 4
+
+
+def _jsonl_batches(path: Path) -> Iterator[pa.RecordBatch]:
+    """Two passes over runs of whole lines: the first unifies their schemas, the second reads them with it.
+    (pyarrow's streaming reader takes the schema from its first block and fails the table on anything new.)"""
+    schema = pa.schema([])
+    for first, run in _line_runs(path):
+        schema = pa.unify_schemas([schema, _read_json(path, first, run).schema], promote_options="permissive")
+    for first, run in _line_runs(path):
+        yield from _read_json(path, first, run, schema).to_batches()
+
+
+def _line_runs(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(number of its first line, whole lines): about a block of them at a time, more where a line is long;
+    .gz is decompressed."""
+    with io.BufferedReader(pa.input_stream(str(path))) as f:
+        first = 1
+        while lines := f.readlines(BLOCK):
+            yield first, b"".join(lines)
+            first += len(lines)
+
+
+def _read_json(path: Path, first: int, run: bytes, schema: pa.Schema | None = None) -> pa.Table:
+    try:
+        return pa_json.read_json(io.BytesIO(run), read_options=pa_json.ReadOptions(block_size=len(run)),
+                                 parse_options=pa_json.ParseOptions(explicit_schema=schema))
+    except pa.ArrowInvalid as err:  # pyarrow counts rows from the start of the run
+        raise ZooError(f"{path}: cannot read as jsonl (in the lines from {first:,} on: "
+                       f"{str(err).splitlines()[0]})") from None
 
 
 def _as_utf8(batch: pa.RecordBatch) -> pa.RecordBatch:
