@@ -1,11 +1,16 @@
 """Batch inference over a table: streamed in chunks, each row's prediction written beside its input columns.
 
 A row that cannot be featurized gets its reason in the ``error`` column and no prediction; the others run.
-The output file appears only when complete (written under a temporary name, then renamed).
+Each output (and ``error``) is a column of its own name, or, where the input already has a column of that name
+(a table predicted before), the first of ``<name>_predicted``, ``<name>_predicted_2``, ... it does not have:
+input columns go back out exactly as they came in.
+The output file appears only when complete (written under a temporary name, then renamed); its path is checked
+before any work.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import shutil
@@ -15,13 +20,16 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import torch
 from tqdm.auto import tqdm
 
 from encoders import ZooError
-from zoo.artifacts import atomic_write, exclusive
+from zoo.artifacts import atomic_write, atomic_write_text, exclusive
 from zoo.distributed import barrier, rank_and_world
 from zoo.model import ZooModel
-from zoo.tables import TableWriter, iter_table, read_rows, table_format
+from zoo.tables import BLOCK, TableWriter, iter_table, read_rows, table_format
+
+MANIFEST = "manifest.json"  # in the parts folder: what the run that made the parts predicted, for --resume
 
 
 @dataclass
@@ -30,14 +38,14 @@ class Summary:
     n_failed: int = 0
     failed: list[tuple[int, str]] = field(default_factory=list)  # (row number, reason) of the first few
 
-    def add(self, table: pa.Table) -> None:
-        """Count a predicted chunk's rows and note the first few failures."""
-        for offset, why in enumerate(table.column("error").to_pylist()):
+    def add(self, errors: pa.ChunkedArray) -> None:
+        """Count a predicted chunk's rows from its error column and note the first few failures."""
+        for offset, why in enumerate(errors.to_pylist()):
             if why is not None:
                 self.n_failed += 1
                 if len(self.failed) < 5:
                     self.failed.append((self.rows + offset, why))
-        self.rows += len(table)
+        self.rows += len(errors)
 
     def line(self) -> str:
         shown = "; ".join(f"row {i}: {why}" for i, why in self.failed)
@@ -47,8 +55,27 @@ class Summary:
 
 
 def _output_names(model: ZooModel, columns: list[str]) -> dict[str, str]:
-    """Column per output: its name, or ``<name>_predicted`` where the input already has that column."""
-    return {t: (f"{t}_predicted" if t in columns else t) for t in model.head.outputs}
+    """Column per output and for ``error``: the first of its name, ``<name>_predicted``, ``<name>_predicted_2``,
+    ... that no input column and no other output has."""
+    taken, names = set(columns), {}
+    for output in [*model.head.outputs, "error"]:
+        tries = itertools.chain([output, f"{output}_predicted"],
+                                (f"{output}_predicted_{n}" for n in itertools.count(2)))
+        names[output] = next(name for name in tries if name not in taken)
+        taken.add(names[output])
+    return names
+
+
+def check_output(output: str | Path) -> Path:
+    """Refuse, before any work, an output the finished table could not be written to."""
+    output = Path(output)
+    table_format(output)
+    if output.is_dir():
+        raise ZooError(f"{output}: is a folder; the output must be a file")
+    above = next(p for p in output.resolve().parents if p.exists())  # missing folders are created
+    if not above.is_dir():
+        raise ZooError(f"{output}: cannot be written: {above} is a file, not a folder")
+    return output
 
 
 def _check_columns(model: ZooModel, schema: pa.Schema, path: Path) -> None:
@@ -97,6 +124,46 @@ def _rank(model: ZooModel, candidates: Path, top: int, batch_size: int):
     return rank
 
 
+def _fingerprint(path: Path) -> dict:
+    """A file's size, modification time and a hash of its first and last block: cheap at any size, and
+    another file or an edit in place shows."""
+    size, digest = path.stat().st_size, hashlib.sha256()
+    with open(path, "rb") as f:
+        digest.update(f.read(BLOCK))
+        f.seek(max(size - BLOCK, 0))
+        digest.update(f.read(BLOCK))
+    return {"size": size, "mtime_ns": path.stat().st_mtime_ns, "sha256_ends": digest.hexdigest()}
+
+
+def _model_sha256(model: ZooModel) -> str:
+    """A hash of the model's entry and every tensor it holds (a model trained in this process has no file)."""
+    digest = hashlib.sha256(json.dumps(model.spec.model_dump(mode="json"), sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _open_parts(parts: Path, run: dict, resume: bool, rank: int) -> None:
+    """Start the parts folder with a record of what this run predicts; resuming, refuse parts another run
+    made (another input, chunk size, model or candidates): joined, they would mix two runs' rows."""
+    if rank == 0:
+        if not resume:
+            shutil.rmtree(parts, ignore_errors=True)
+        parts.mkdir(parents=True, exist_ok=True)
+        if not (parts / MANIFEST).is_file() and not any(parts.glob("part-*")):
+            atomic_write_text(parts / MANIFEST, json.dumps(run))
+    barrier()
+    if not (parts / MANIFEST).is_file():
+        raise ZooError(f"cannot resume: {parts} holds parts with no record of the run that made them; "
+                       "rerun without --resume to start over")
+    made = json.loads((parts / MANIFEST).read_text())
+    if made != run:
+        differ = ", ".join(key for key in run if made.get(key) != run[key])
+        raise ZooError(f"cannot resume: the parts in {parts} were predicted with another {differ}; "
+                       "rerun without --resume to start over")
+
+
 def predict_table(model: ZooModel, path: str | Path, output: str | Path | None = None, chunk_rows: int = 4096,
                   batch_size: int = 256, progress: bool = True, candidates: str | Path | None = None,
                   top: int = 10, resume: bool = False, workers: int = 0) -> Summary:
@@ -104,9 +171,12 @@ def predict_table(model: ZooModel, path: str | Path, output: str | Path | None =
 
     With an output file, each chunk of rows is first written as its own part (Arrow IPC, atomically) in
     ``.<output>.parts/``, and the parts are joined in input order at the end: ``resume`` keeps the parts
-    an interrupted run finished, and under torchrun each rank predicts every world-th chunk.
+    an interrupted run of the same input, chunk size, model and candidates finished (and refuses another
+    run's), and under torchrun each rank predicts every world-th chunk.
     """
     path = Path(path)
+    if output is not None:
+        output = check_output(output)
     if hasattr(model.head, "query") and candidates is None:
         raise ZooError(f"task {model.spec.name!r} ranks candidates: give --candidates TABLE "
                        f"(with column {model.spec.inputs[model.head.candidate].column!r})")
@@ -122,7 +192,7 @@ def predict_table(model: ZooModel, path: str | Path, output: str | Path | None =
     def predicted(batch: pa.RecordBatch) -> pa.Table:
         results = predict(batch.to_pylist())
         columns = _output_columns(model, results, names)
-        columns["error"] = pa.array([r.get("error") for r in results], pa.string())
+        columns[names["error"]] = pa.array([r.get("error") for r in results], pa.string())
         table = pa.Table.from_batches([batch])
         for name, values in columns.items():
             table = table.append_column(name, values)
@@ -134,25 +204,24 @@ def predict_table(model: ZooModel, path: str | Path, output: str | Path | None =
         summary, writer = Summary(), None
         for batch in chunks:
             table = predicted(batch)
-            summary.add(table)
+            summary.add(table.column(names["error"]))
             writer = writer or TableWriter(None, table.schema)
             writer.write(table)
             bar.update(len(table))
         writer.close()
         return summary
 
-    output = Path(output)
     parts = output.parent / f".{output.name}.parts"
     rank, world = rank_and_world()
     # Rank 0 holds a lock beside the output for the whole run: a second predict into it would clear or mix
     # this run's parts.
     lock = exclusive(output.parent / f".{output.name}.lock", f"{output}: another zoo predict is writing it; wait "
                      "for it to finish or write to another --output") if rank == 0 else contextlib.nullcontext()
+    # What decides the rows of the parts; batch size and workers do not.
+    run = {"input": _fingerprint(path), "chunk_rows": chunk_rows, "model": _model_sha256(model),
+           "candidates": candidates and _fingerprint(Path(candidates)), "top": top if candidates else None}
     with lock:
-        if rank == 0 and not resume:
-            shutil.rmtree(parts, ignore_errors=True)
-        parts.mkdir(parents=True, exist_ok=True)
-        barrier()
+        _open_parts(parts, run, resume, rank)
         n_chunks = 0
         for i, batch in enumerate(chunks):
             n_chunks = i + 1
@@ -170,7 +239,7 @@ def predict_table(model: ZooModel, path: str | Path, output: str | Path | None =
                 for i in range(n_chunks):
                     with pa.memory_map(str(parts / f"part-{i:07d}.arrow")) as source:
                         table = pa.ipc.open_file(source).read_all()
-                    summary.add(table)
+                    summary.add(table.column(names["error"]))
                     writer = writer or TableWriter(tmp, table.schema, kind=table_format(output))
                     for batch in table.to_batches():
                         writer.write(batch)
