@@ -262,3 +262,72 @@ def test_bounds_are_just_past_what_is_accepted():
     assert len(encoder("crystal-cgcnn").featurize(cells).z) == len(cells) == MAX_SITES
     long = encoder("text-minilm-words").featurize("word " * 10_000)
     assert long.dropped_words == 10_000 - len(long.first_piece) > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Table-level rows: what only a whole table can hold. `zoo predict` (the bundled molecule-solubility model) on a
+# table whose rows span several of the reader's 1 MiB blocks must exit 0, predict every good row, and give the bad
+# row a one-line reason in its error column (the last column: ``error`` or, where the input has one, a renamed one).
+
+# This section's own imports, kept with it:
+import json
+
+import pyarrow.parquet as pq
+
+from zoo.cli import main
+
+PAD = "x" * 10_000  # a filler column: 300 rows span about three blocks
+BAD_ROW = 250
+
+
+def _oversize(rows):
+    rows[BAD_ROW]["smiles"] = "C" * (3 << 20)  # a 3 MiB cell: longer than a block
+    return "over the limit"
+
+
+def _late_field(rows):
+    for row in rows[200:]:  # a field first seen two blocks in
+        row["source"] = "lab"
+    rows[BAD_ROW]["smiles"] = "C1CC"
+    return "cannot parse SMILES"
+
+
+def _null_then_text(rows):
+    for i, row in enumerate(rows):
+        row["note"] = "checked" if i >= 200 else None
+    rows[BAD_ROW]["smiles"] = "C1CC"
+    return "cannot parse SMILES"
+
+
+def _predicted_before(rows):
+    for row in rows:  # the columns an earlier prediction wrote, and a column named like the next one's
+        row.update(logS="-1.5", error="", logS_predicted="-1.4")
+    rows[BAD_ROW].update(smiles="C1CC", logS="", error="molecule: an old reason")
+    return "cannot parse SMILES"
+
+
+TABLE_CASES = [(".csv", _oversize), (".jsonl", _oversize), (".jsonl", _late_field), (".jsonl", _null_then_text),
+               (".csv", _predicted_before)]
+
+
+@pytest.mark.parametrize("suffix, make", [pytest.param(s, m, id=f"{m.__name__[1:]}{s}") for s, m in TABLE_CASES])
+def test_bad_table_row(suffix, make, tmp_path):
+    good = ["CCO", "c1ccccc1", "CC(=O)Nc1ccc(O)cc1"]
+    rows = [{"id": str(i), "smiles": good[i % 3], "pad": PAD} for i in range(300)]
+    why = make(rows)
+    table = tmp_path / f"in{suffix}"
+    if suffix == ".jsonl":
+        table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        table.write_text("".join(",".join(r) + "\n" for r in [rows[0], *(r.values() for r in rows)]))
+    assert main(["predict", "molecule-solubility", "--input", str(table), "--output", str(tmp_path / "out.parquet"),
+                 "--chunk-rows", "64"]) == 0
+    out = pq.read_table(tmp_path / "out.parquet")
+    added = out.schema.names[-2:]  # the prediction and the error column
+    assert added[0] not in rows[0] and added[1] not in rows[0], added
+    assert out.column("id").to_pylist() == [r["id"] for r in rows]
+    for i, (logs, error) in enumerate(zip(*(out.column(c).to_pylist() for c in added))):
+        if i == BAD_ROW:
+            assert why in error and "\n" not in error and logs is None, error
+        else:
+            assert error is None and np.isfinite(logs), f"row {i}: {error}"
