@@ -14,15 +14,30 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Annotated, Callable
 
 import numpy as np
 import torch
+from annotated_types import Ge, Gt, Lt
+from pydantic import AllowInfNan
 
 ENCODERS: dict[str, type[torch.nn.Module]] = {}
 # The largest file a table cell may name (an encoder may set a smaller bound): a cell naming a 50 GB file
 # is a per-row error, not a job that stalls on reading it.
 MAX_FILE_BYTES = 256 << 20
+
+
+# Bounded types for constructor arguments. The registry checks a component's params against its constructor's
+# type hints, so a width of 0 or a dropout of 2 fails on load with the key, not as a traceback from torch.
+PositiveInt = Annotated[int, Gt(0)]
+PositiveFloat = Annotated[float, Gt(0), AllowInfNan(False)]
+Fraction = Annotated[float, Ge(0), Lt(1)]  # a probability that must leave something (dropout)
+
+
+def building_on_meta() -> bool:
+    """Whether modules are being built on the ``meta`` device (shapes only, no memory): a constructor that
+    would read pretrained weights builds the bare architecture instead, and caches nothing."""
+    return torch.get_default_device().type == "meta"
 
 
 class ZooError(Exception):

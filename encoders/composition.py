@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from encoders.base import InputError, Tokens, concat, input_file, pad_tokens, register_encoder, token_index
+from encoders.base import Fraction, InputError, PositiveInt, Tokens, concat, input_file, pad_tokens, register_encoder, token_index
 
 MAX_Z = 103  # up to lawrencium; pymatgen's tables are sparse beyond
 STRUCTURE_FILES = (".cif", ".vasp", ".poscar", ".json")
@@ -107,7 +107,7 @@ def parse_composition(raw):
 
 @register_encoder("composition")
 class CompositionEncoder(nn.Module):
-    def __init__(self, *, dim: int = 128, layers: int = 2, heads: int = 4, dropout: float = 0.0,
+    def __init__(self, *, dim: PositiveInt = 128, layers: PositiveInt = 2, heads: PositiveInt = 4, dropout: Fraction = 0.0,
                  chgnet_elements: str | None = None):
         super().__init__()
         self.out_dim = dim

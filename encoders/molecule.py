@@ -13,7 +13,7 @@ import torch
 from rdkit import Chem, RDLogger
 from torch import nn
 
-from encoders.base import InputError, Tokens, concat, pad_tokens, register_encoder, token_index
+from encoders.base import Fraction, InputError, PositiveInt, Tokens, concat, pad_tokens, register_encoder, token_index
 
 RDLogger.DisableLog("rdApp.*")  # parse failures are reported per row through InputError instead
 
@@ -104,7 +104,7 @@ def featurize_mol(mol: Chem.Mol) -> MolGraph:
 class MoleculeDMPNN(nn.Module):
     """Directed message passing over bonds (Yang et al. 2019, chemprop), one token per heavy atom."""
 
-    def __init__(self, *, hidden: int = 300, depth: int = 3, dropout: float = 0.0):
+    def __init__(self, *, hidden: PositiveInt = 300, depth: PositiveInt = 3, dropout: Fraction = 0.0):
         super().__init__()
         self.depth, self.out_dim = depth, hidden
         n_atom_cats = sum(n for _, n in ATOM_FEATURES)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from encoders.base import InputError, Tokens, input_file, register_encoder
+from encoders.base import Fraction, InputError, PositiveInt, Tokens, input_file, register_encoder
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz")
 # Table columns taken as the axis and the intensities (case-insensitive), first match wins.
@@ -160,10 +160,10 @@ class SpectrumCNN(nn.Module):
     MS/MS spectral matching does: a fragment at 5% still counts).
     """
 
-    def __init__(self, *, axis_min: float, axis_max: float, points: int, unit: str | None = None,
+    def __init__(self, *, axis_min: float, axis_max: float, points: PositiveInt, unit: str | None = None,
                  mode: Literal["dense", "peaks"] = "dense", normalize: Literal["none", "max", "area", "snv"] = "none",
-                 intensity: Literal["linear", "sqrt"] = "linear", channels: int = 64, layers: int = 4, kernel: int = 9,
-                 segments: int = 16, dim: int = 128, dropout: float = 0.0):
+                 intensity: Literal["linear", "sqrt"] = "linear", channels: PositiveInt = 64, layers: PositiveInt = 4,
+                 kernel: PositiveInt = 9, segments: PositiveInt = 16, dim: PositiveInt = 128, dropout: Fraction = 0.0):
         super().__init__()
         if points < segments or axis_max <= axis_min:
             raise ValueError(f"a grid of {points} points over [{axis_min}, {axis_max}] cannot make {segments} segments")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from encoders.base import InputError, Tokens, register_encoder
+from encoders.base import InputError, PositiveInt, Tokens, building_on_meta, register_encoder
 
 OFFLINE_MINILM = "all-MiniLM-L6-v2"
 WORD = re.compile(r"\w+|[^\w\s]")  # words and single punctuation marks, as biomedical NER corpora split them
@@ -70,15 +70,19 @@ class TextBERT(nn.Module):
     frozen backbone and ``tokens: mean`` the pooled vector is computed at featurization, so it is cached
     with the data set and training never runs the transformer again."""
 
-    def __init__(self, *, model: str = OFFLINE_MINILM, max_length: int = 128,
+    def __init__(self, *, model: str = OFFLINE_MINILM, max_length: PositiveInt = 128,
                  tokens: Literal["pieces", "words", "mean"] = "pieces"):
         super().__init__()
         from importlib.metadata import version
 
-        from transformers import AutoModel
+        from transformers import AutoConfig, AutoModel
 
         self.source, self.max_length, self.tokens, self.frozen = resolve_model(model), max_length, tokens, False
-        self.bert = AutoModel.from_pretrained(self.source, local_files_only=_offline() or Path(self.source).is_dir())
+        local = _offline() or Path(self.source).is_dir()
+        if building_on_meta():  # shapes only: the architecture from its config, no weights read
+            self.bert = AutoModel.from_config(AutoConfig.from_pretrained(self.source, local_files_only=local))
+        else:
+            self.bert = AutoModel.from_pretrained(self.source, local_files_only=local)
         self.out_dim = self.bert.config.hidden_size
         self.backbone = f"transformers=={version('transformers')} {model}"
 

@@ -10,7 +10,7 @@ import torch
 from einops import repeat
 from torch import nn
 
-from encoders.base import Tokens
+from encoders.base import Fraction, PositiveInt, Tokens
 from fusion.common import Fused, drop_modalities
 
 
@@ -31,8 +31,8 @@ class Block(nn.Module):
 
 
 class CrossAttentionFusion(nn.Module):
-    def __init__(self, names: list[str], *, dim: int = 128, latents: int = 16, layers: int = 2, heads: int = 4,
-                 dropout: float = 0.0, modality_dropout: float = 0.0):
+    def __init__(self, names: list[str], *, dim: PositiveInt = 128, latents: PositiveInt = 16, layers: PositiveInt = 2,
+                 heads: PositiveInt = 4, dropout: Fraction = 0.0, modality_dropout: Fraction = 0.0):
         super().__init__()
         self.names, self.modality_dropout = list(names), modality_dropout
         self.latents = nn.Parameter(torch.randn(latents, dim) * 0.02)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from encoders.base import Tokens
+from encoders.base import Fraction, PositiveInt, Tokens
 from fusion.common import Fused, drop_modalities
 
 
 class MeanFusion(nn.Module):
-    def __init__(self, names: list[str], *, dim: int = 128, modality_dropout: float = 0.0):
+    def __init__(self, names: list[str], *, dim: PositiveInt = 128, modality_dropout: Fraction = 0.0):
         super().__init__()
         self.modality_dropout = modality_dropout
         self.out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU())

@@ -5,13 +5,15 @@ missing ones, ``decode`` turns it into the user's units and ``describe`` into on
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+from annotated_types import Ge
 from torch import nn
 from torch.nn import functional as F
 
+from encoders.base import Fraction, PositiveFloat, PositiveInt
 from fusion.common import Fused
 from tasks.ner import iob2_viterbi, spans, tag_names
 
@@ -62,7 +64,7 @@ class RegressionHead(_ScalarOutputs, nn.Module):
 
     ``loss: l1`` suits data scored by MAE with many exact values (band gaps of metals are all 0 eV)."""
 
-    def __init__(self, dim: int, *, targets: dict[str, str], hidden: int = 256, dropout: float = 0.0,
+    def __init__(self, dim: int, *, targets: dict[str, str], hidden: PositiveInt = 256, dropout: Fraction = 0.0,
                  loss: Literal["mse", "l1"] = "mse"):
         super().__init__()
         self.targets, self.columns = list(targets), list(targets.values())
@@ -90,7 +92,7 @@ class RegressionHead(_ScalarOutputs, nn.Module):
 class MultiLabelHead(_ScalarOutputs, nn.Module):
     """Independent binary labels (one logit each), as in Tox21 or SIDER; decodes to probabilities."""
 
-    def __init__(self, dim: int, *, targets: dict[str, str], hidden: int = 256, dropout: float = 0.0):
+    def __init__(self, dim: int, *, targets: dict[str, str], hidden: PositiveInt = 256, dropout: Fraction = 0.0):
         super().__init__()
         self.targets, self.columns = list(targets), list(targets.values())
         self.mlp = _mlp(dim, hidden, len(self.targets), dropout)
@@ -115,7 +117,7 @@ class TokenClassificationHead(nn.Module):
     strings per row; positions without a token come out NaN, so they are neither scored nor trained."""
 
     def __init__(self, dim: int, *, targets: dict[str, str], labels: list[str], input: str | None = None,
-                 dropout: float = 0.1):
+                 dropout: Fraction = 0.1):
         super().__init__()
         self.targets, self.column, self.input = list(targets), next(iter(targets.values())), input
         self.outputs, self.numeric = ["entities", "warning"], []
@@ -184,8 +186,8 @@ class ContrastiveHead(nn.Module):
     Group ids are 1, 2, ... in order of the rows read (exact in float32 up to 2**24 groups); 0 is no group."""
 
     def __init__(self, dim: int, *, query: str | list[str], candidate: str | list[str],
-                 targets: dict[str, str] | None = None, embedding: int = 256, temperature: float = 0.07,
-                 hidden: int = 0):
+                 targets: dict[str, str] | None = None, embedding: PositiveInt = 256,
+                 temperature: PositiveFloat = 0.07, hidden: Annotated[int, Ge(0)] = 0):
         super().__init__()
         self.targets, self.outputs, self.numeric = [], ["matches"], []
         self.sides = [[query] if isinstance(query, str) else list(query),
@@ -251,8 +253,8 @@ class ClassificationHead(nn.Module):
     row whose class is not listed has no target. ``decode`` gives the class probabilities [B, n_classes]
     (the metrics score their argmax); ``describe`` the most likely class and its probability."""
 
-    def __init__(self, dim: int, *, targets: dict[str, str], classes: list[str], hidden: int = 256,
-                 dropout: float = 0.0):
+    def __init__(self, dim: int, *, targets: dict[str, str], classes: list[str], hidden: PositiveInt = 256,
+                 dropout: Fraction = 0.0):
         super().__init__()
         if len(targets) != 1 or len(classes) < 2 or len(set(classes)) != len(classes):
             raise ValueError("a classification head takes one target and at least two distinct classes")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
+from torch import nn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from encoders import ENCODERS, ZooError
@@ -41,9 +42,9 @@ class Component(BaseModel):
 
 
 class LoraSpec(Spec):
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.1
+    r: int = Field(8, gt=0)
+    alpha: int = Field(16, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
 
 
 class InputSpec(Spec):
@@ -54,9 +55,9 @@ class InputSpec(Spec):
     column: str
     encoder: str
     transfer: Literal["train", "frozen", "top-k", "lora"] = "train"
-    top_k: int = 2
+    top_k: int = Field(2, gt=0)
     lora: LoraSpec = LoraSpec()
-    lr: float | None = None
+    lr: float | None = Field(None, gt=0, allow_inf_nan=False)
 
 
 class HeadSpec(Component):
@@ -101,6 +102,14 @@ class DataSpec(Spec):
             raise ValueError(f"unknown reader {v!r}; known: table, {', '.join(READERS)}")
         return v
 
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(0 <= f <= 1 for f in v) or not v[0] or not v[1] or abs(sum(v) - 1) > 1e-6:  # NaN fails too
+            raise ValueError("train, validation and test fractions are each in [0, 1] and sum to 1; train and "
+                             "validation are above 0 (a test fraction of 0 means no test set)")
+        return v
+
     @field_validator("split")
     @classmethod
     def _known_split(cls, v: str) -> str:
@@ -110,20 +119,21 @@ class DataSpec(Spec):
 
 
 class TrainSpec(Spec):
-    epochs: int = 50
-    batch_size: int = 50
-    lr: float = 1e-3
-    final_lr_ratio: float = 0.1  # cosine decay ends at lr * this
-    weight_decay: float = 0.0
-    warmup_epochs: float = 2.0
-    patience: int = 20           # epochs without a better validation metric before stopping
-    grad_clip: float = 5.0
-    seed: int = 0
+    # Bounded, so a value that cannot train (a batch of 0, a NaN learning rate) fails on load naming its key.
+    epochs: int = Field(50, gt=0)
+    batch_size: int = Field(50, gt=0)
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    final_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine decay ends at lr * this
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
+    warmup_epochs: float = Field(2.0, ge=0, allow_inf_nan=False)
+    patience: int = Field(20, ge=0)  # epochs without a better validation metric before stopping
+    grad_clip: float = Field(5.0, gt=0, allow_inf_nan=False)
+    seed: int = Field(0, ge=0, lt=2**32)  # numpy's seeds are 32-bit
     bucket: bool = False         # batch rows of similar size together (less padding for text)
-    accumulate: int = 1          # micro-batches per optimizer step (the global batch is batch_size)
+    accumulate: int = Field(1, gt=0)  # micro-batches per optimizer step (the global batch is batch_size)
     bf16: bool = True            # bfloat16 autocast, on CUDA only
-    checkpoint_every: int = 0    # optimizer steps between resumable checkpoints (0: at each epoch end)
-    ema: float = 0.0             # decay of a moving average of the weights, validated and kept instead (0: off)
+    checkpoint_every: int = Field(0, ge=0)  # optimizer steps between resumable checkpoints (0: at each epoch end)
+    ema: float = Field(0.0, ge=0, lt=1)  # decay of a moving average of the weights, validated and kept instead (0: off)
     ensemble: int = Field(1, ge=1)  # models trained on the one split from seeds seed, seed+1, ...; outputs averaged
 
 
@@ -178,7 +188,7 @@ def _check_params(where: str, key: str, registry: dict, spec: Component, skip: t
     if spec.type not in registry:
         raise ZooError(f"{where}: key '{key}.type': unknown type {spec.type!r}; known: {', '.join(sorted(registry))}")
     cls = registry[spec.type]
-    hints = typing.get_type_hints(cls.__init__)
+    hints = typing.get_type_hints(cls.__init__, include_extras=True)  # extras: the bounds (PositiveInt, ...)
     fields = {
         name: (hints.get(name, typing.Any), p.default)
         for name, p in inspect.signature(cls).parameters.items()
@@ -189,6 +199,14 @@ def _check_params(where: str, key: str, registry: dict, spec: Component, skip: t
         model.model_validate(spec.params)
     except ValidationError as err:
         raise ZooError(f"{where}: {_describe(err, key)}") from None
+
+
+def _check_name(where: str, key: str, name: str) -> None:
+    """Input and encoder names become names of torch submodules, which cannot hold a dot, be empty, or shadow
+    an attribute of torch's module dicts (``keys``, ``training``, ...)."""
+    if not name or "." in name or hasattr(nn.ModuleDict(), name) or hasattr(nn.ParameterDict(), name):
+        raise ZooError(f"{where}: key {key!r}: {name!r} cannot name an input or encoder (names must be non-empty, "
+                       "without '.', and not a torch module attribute such as 'keys' or 'training')")
 
 
 def _describe(err: ValidationError, prefix: str = "") -> str:
@@ -273,6 +291,9 @@ def validate_task(entry: dict) -> TaskSpec:
         spec = TaskSpec.model_validate(entry)
     except ValidationError as err:
         raise ZooError(f"{where}: {_describe(err)}") from None
+    for key, names in (("inputs", spec.inputs), ("encoders", spec.encoders)):
+        for name in names:
+            _check_name(where, key, name)
     for name, enc in spec.encoders.items():
         _check_params(where, f"encoders.{name}", ENCODERS, enc)
     _check_params(where, "fusion", FUSIONS, spec.fusion)
