@@ -110,6 +110,65 @@ def test_a_shape_mismatch_names_the_tensor(artifact):
     _refused(artifact, f"tensor '{name}' has shape")
 
 
+def _rewrite_weights(folder: Path, edit) -> None:
+    """Change the weights and record their new hash, as a stranger's folder can."""
+    weights = folder / "model.safetensors"
+    state = load_file(str(weights))
+    edit(state)
+    save_file(state, str(weights))
+    _edit_config(folder, lambda c: c.update(weights_sha256=sha256_file(weights)))
+
+
+def test_weights_of_another_dtype_are_refused_naming_the_tensor(artifact):
+    name = sorted(load_file(str(artifact / "model.safetensors")))[0]
+    _rewrite_weights(artifact, lambda state: state.update({name: state[name].double()}))
+    _refused(artifact, f"tensor '{name}' is torch.float64, the model expects torch.float32")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_the_tensor(artifact, bad):
+    name = sorted(load_file(str(artifact / "model.safetensors")))[-1]
+    _rewrite_weights(artifact, lambda state: state[name].view(-1).__setitem__(0, bad))
+    _refused(artifact, f"tensor '{name}' holds NaN or infinite values")
+
+
+HUGE = """
+import resource, sys, time
+resource.setrlimit(resource.RLIMIT_DATA, (3 << 30, 3 << 30))  # a regression fails here, not by exhausting the machine
+from encoders import ZooError
+from zoo.artifacts import load_artifact
+start = time.perf_counter()
+try:
+    load_artifact(sys.argv[1])
+except ZooError as err:
+    print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    print(err)
+"""
+
+
+def test_a_config_claiming_a_huge_model_is_refused_before_it_is_allocated(artifact):
+    # The weights still match their hash; only config.yaml says 40000 wide (13 GB, were it built).
+    _edit_config(artifact, lambda c: c["task"]["encoders"]["molecule-dmpnn"].update(hidden=40000))
+    done = subprocess.run([sys.executable, "-c", HUGE, str(artifact)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+    assert done.returncode == 0 and len(done.stdout.splitlines()) == 2, done.stderr[-2000:]
+    timing, message = done.stdout.splitlines()
+    seconds, peak_gb = map(float, timing.split())  # the refusal's time; the whole process's peak memory
+    print(f"refused in {seconds:.3f} s, peak RSS {peak_gb:.2f} GB")
+    assert "has shape" in message and "40000" in message
+    assert seconds < 2 and peak_gb < 1.5
+
+
+def test_a_model_built_on_the_meta_device_leaves_no_weightless_backbone_cached():
+    import torch
+    from encoders.crystal import chgnet_backbone
+
+    chgnet_backbone.cache_clear()
+    with torch.device("meta"):
+        chgnet_backbone("0.3.0")
+    assert {p.device.type for p in chgnet_backbone("0.3.0").parameters()} == {"cpu"}
+
+
 def test_every_bundled_artifact_records_the_hash_of_its_weights():
     for folder in sorted(p for p in BUNDLED.iterdir() if (p / "config.yaml").is_file()):
         config = yaml.safe_load((folder / "config.yaml").read_text())
@@ -167,6 +226,17 @@ def test_a_second_training_run_into_one_folder_refuses(held, textbook_csv, tmp_p
     assert main(["train", "molecule-solubility", "--data", str(textbook_csv), "--out", str(out), *sets]) == 2
     assert "another training run is writing to this folder" in capsys.readouterr().err
     assert not (out / "model.safetensors").exists()
+
+
+def test_a_refused_second_run_leaves_the_first_runs_record_for_resume(held, textbook_csv, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.yaml").write_text("the first run's record\n")
+    held(out / ".train.lock")
+    sets = [f"--set={k}={v}" for k, v in TINY.items()]
+    assert main(["train", "molecule-solubility", "--data", str(textbook_csv), "--out", str(out), *sets]) == 2
+    assert "another training run is writing to this folder" in capsys.readouterr().err
+    assert (out / "run.yaml").read_text() == "the first run's record\n"
 
 
 def test_a_second_predict_into_one_output_refuses(held, artifact, tmp_path, capsys):

@@ -16,10 +16,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from filelock import FileLock, Timeout
 from safetensors import SafetensorError
+from torch.overrides import TorchFunctionMode
 from safetensors.torch import load as load_safetensors, save_file
 
 from encoders import ZooError
@@ -143,7 +145,8 @@ def save(model: ZooModel | Ensemble, out: Path, metrics: dict, data_sha256: str 
 def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu") -> ZooModel | Ensemble:
     """A model folder -> the model, checked before anything is built from it: config.yaml is plain YAML
     naming only registered types, model.safetensors has the sha256 config.yaml records, and every tensor
-    has the name and shape the model expects."""
+    has the name, shape and dtype the model expects, and finite values. The expected shapes come from a build
+    on the meta device (no memory), so a config that claims a huge model is refused before it is allocated."""
     path = Path(path)
     config_path = path / "config.yaml"
     if not config_path.is_file():
@@ -167,7 +170,36 @@ def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu") -
         state = load_safetensors(data)
     except SafetensorError as err:
         raise ZooError(f"{weights}: not a readable safetensors file ({str(err).splitlines()[0]})") from None
+    with torch.device("meta"), _ShapesOnly():
+        shapes = build_model(spec)
+    _check_tensors(weights, state, shapes)
     model = build_model(spec)
+    model.load_state_dict(state, strict=False)  # every key was checked above; the rest came with the backbone
+    return model.to(device).eval()
+
+
+class _ShapesOnly(TorchFunctionMode):
+    """A meta build (shapes only) without filling tensors with values: none are needed, and torch computes some
+    meta results (random fills, arithmetic with a Python number) in Python code whose first use imports
+    torch._dynamo, seconds that a load of a small model should not pay. An op missed here costs only time."""
+
+    FILLS = {"normal_", "uniform_", "trunc_normal_", "kaiming_uniform_", "xavier_uniform_", "zeros_", "ones_"}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in self.FILLS:  # a Tensor method (self first) or a torch.nn.init function (tensor=)
+            return args[0] if args else kwargs["tensor"]
+        if name in ("randn", "rand"):
+            return torch.empty(*args, **kwargs)
+        if name in ("mul", "__mul__", "__rmul__") and len(args) == 2 and isinstance(args[1], (int, float)):  # x * 0.02: x's shape
+            return args[0]
+        return func(*args, **kwargs)
+
+
+def _check_tensors(weights: Path, state: dict[str, torch.Tensor], model: ZooModel | Ensemble) -> None:
+    """Every tensor of ``state`` is one ``model`` (which may be on the meta device) expects, of its shape and
+    dtype, and finite; the frozen backbone's tensors are not saved, so not expected."""
     rebuilt = model.pretrained_frozen()
     expected = {k: v for k, v in model.state_dict().items() if k not in rebuilt}
     for key in sorted(set(expected) | set(state)):
@@ -176,8 +208,16 @@ def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu") -
         if state[key].shape != expected[key].shape:
             raise ZooError(f"{weights}: tensor {key!r} has shape {tuple(state[key].shape)}, "
                            f"the model expects {tuple(expected[key].shape)}")
-    model.load_state_dict(state, strict=False)  # every key was checked above; the rest came with the backbone
-    return model.to(device).eval()
+        if state[key].dtype != expected[key].dtype:
+            raise ZooError(f"{weights}: tensor {key!r} is {state[key].dtype}, the model expects {expected[key].dtype}")
+        if state[key].is_floating_point() and not np.isfinite(_as_numpy(state[key])).all():
+            raise ZooError(f"{weights}: tensor {key!r} holds NaN or infinite values")
+
+
+def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """numpy's view of a CPU tensor (bfloat16, which numpy lacks, as float32): checks over many small tensors
+    run far faster in numpy than as many torch ops."""
+    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
 
 
 def resolve_weights(spec: TaskSpec) -> Path:
@@ -232,7 +272,8 @@ def model_card(spec: TaskSpec, metrics: dict, data_sha256: str | None = None) ->
         for name, r in spec.references.items()
     )
     test = metrics.get("test", {}).get(spec.metric)
-    test_text = f"{test:.4f}" if isinstance(test, float) else "not measured"
+    test_text = (f"{test:.4f}" if isinstance(test, float) else
+                 "none, no test set (the split's test fraction is 0)" if metrics.get("n_test") == 0 else "not measured")
     inputs = ", ".join(f"{n} ({i.column} -> {i.encoder}, {i.transfer})" for n, i in spec.inputs.items())
     k = spec.train.ensemble
     ensemble = f"; an ensemble of {k} models (seeds {spec.train.seed}-{spec.train.seed + k - 1}), outputs averaged" if k > 1 else ""
