@@ -173,6 +173,11 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
     own = next(iter(spec.bench.variants))  # the task as the registry writes it: the only one ever bundled
     if bundle and own not in chosen:
         raise ZooError(f"--bundle ships the task's own variant {own!r}: include it in --variants")
+    for variant, variant_overrides in chosen.items():  # before any training: a benchmark is scored on test sets
+        data_spec = registry.task(task, {**base, **variant_overrides}).data
+        if not data_spec.fractions[2] and not data_spec.test_file and data_spec.split != "matbench-kfold":
+            raise ZooError(f"task {task!r}: variant {variant!r}: data.fractions {list(data_spec.fractions)} leave "
+                           "no test set to score a benchmark on")
     seeds = (seeds or spec.data.seeds)[: 1 if quick else None]
     seed_name = "fold" if spec.data.split == "matbench-kfold" else "seed"
 

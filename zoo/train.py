@@ -146,6 +146,12 @@ def _lr_factor(step: int, warmup: int, total: int, final: float) -> float:
 LOCK = ".train.lock"  # in the output folder while a run writes to it
 
 
+def train_lock(out: Path):
+    """Held on ``out`` by the run writing to it (its run.yaml, checkpoints, model), so a second run refuses."""
+    return exclusive(Path(out) / LOCK, f"{out}: another training run is writing to this folder; wait for it to "
+                                       "finish or train into another --out")
+
+
 class Trainer:
     def __init__(self, spec: TaskSpec, out: Path | None = None, progress: bool = True):
         self.spec, self.out, self.progress = spec, Path(out) if out else None, progress
@@ -201,8 +207,7 @@ class Trainer:
         only rank 0 logs, checkpoints and saves, holding a lock on ``out`` so a second run into it refuses."""
         if not self.out or rank_and_world()[0]:
             return self._fit(rows, data_sha256, test_rows, test_sha256, resume)
-        with exclusive(self.out / LOCK, f"{self.out}: another training run is writing to this folder; wait for it "
-                                        "to finish or train into another --out"):
+        with train_lock(self.out):
             return self._fit(rows, data_sha256, test_rows, test_sha256, resume)
 
     def _fit(self, rows, data_sha256, test_rows, test_sha256, resume) -> tuple[ZooModel | Ensemble, dict]:
@@ -216,6 +221,8 @@ class Trainer:
         if test_rows is not None:
             fractions = (fractions[0] / sum(fractions[:2]), fractions[1] / sum(fractions[:2]), 0.0)
         train_idx, val_idx, test_idx = split(data, spec.data.split, fractions, cfg.seed)
+        if not fractions[2] and test_rows is None and spec.data.split != "matbench-kfold":  # no test set: rows
+            val_idx, test_idx = np.concatenate([val_idx, test_idx]), test_idx[:0]  # rounding left over validate
         if len(train_idx) == 0 or len(val_idx) == 0:
             raise ZooError(f"task {spec.name!r}: {len(data.keys)} usable rows are too few to split "
                            f"{list(fractions)}")
