@@ -131,16 +131,23 @@ class TextBERT(nn.Module):
         except UnicodeEncodeError as err:
             raise InputError("text", f"not valid Unicode ({err.reason} at character {err.start})") from None
         # Every word is at least one piece, so words past max_length could never fit: not tokenized at all.
-        encoded = self.tokenizer(words[: self.max_length], is_split_into_words=True, truncation=True,
-                                 max_length=self.max_length)
-        word_ids = encoded.word_ids()
+        head = words[: self.max_length]
+        encoded = self.tokenizer(head, is_split_into_words=True, truncation=True, max_length=self.max_length)
+        word_ids, ids = encoded.word_ids(), np.array(encoded["input_ids"], dtype=np.int64)
+        if all(w is None for w in word_ids):  # the tokenizer drops control, zero-width and combining characters
+            shown = next(c for w in words for c in w if not c.isspace())
+            raise InputError("text", f"no token is left after tokenization: the text holds only characters the "
+                                     f"tokenizer drops (control, zero-width, combining marks, U+FFFD; the first is "
+                                     f"U+{ord(shown):04X})")
         first = [i for i, w in enumerate(word_ids) if w is not None and (i == 0 or word_ids[i - 1] != w)]
-        kept, ids = len(first), np.array(encoded["input_ids"], dtype=np.int64)
+        taken = [word_ids[i] for i in first]  # a word the tokenizer drops (a lone zero-width character) has no token
+        cut = len(ids) >= self.max_length  # then the words after the last one taken were cut
         pooled = np.zeros(0, dtype=np.float32)
         if self.tokens == "mean" and self.frozen:
             with torch.inference_mode():
                 pooled = self.bert(input_ids=torch.as_tensor(ids)[None]).last_hidden_state[0].mean(0).numpy()
-        return TextFeatures(ids, np.array(first, dtype=np.int64), offsets[:kept], len(words) - kept, pooled)
+        return TextFeatures(ids, np.array(first, dtype=np.int64), offsets[taken],
+                            len(words) - (taken[-1] + 1 if cut else len(head)), pooled)
 
     def collate(self, items: list[TextFeatures | None]) -> dict:
         length = max((len(f.ids) for f in items if f is not None), default=1)
