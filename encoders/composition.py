@@ -19,12 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from encoders.base import Fraction, InputError, PositiveInt, Tokens, concat, input_file, pad_tokens, register_encoder, token_index
+from encoders.base import Fraction, InputError, PositiveInt, Tokens, concat, pad_tokens, register_encoder, token_index
+from encoders.crystal import STRUCTURE_SUFFIXES, read_structure
 
 MAX_Z = 103  # up to lawrencium; pymatgen's tables are sparse beyond
-STRUCTURE_FILES = (".cif", ".vasp", ".poscar", ".json")
 MAX_FORMULA_CHARS = 1000  # longer text is no formula, and pymatgen's parser slows down on it
-STRUCTURE_MAX_BYTES = 1 << 20  # the crystal encoder's bound on a structure file
 
 
 @functools.cache
@@ -71,18 +70,9 @@ def parse_composition(raw):
 
     if isinstance(raw, Composition):
         comp = raw
-    elif isinstance(raw, Structure):
-        comp = raw.composition
-    elif isinstance(raw, dict) or isinstance(raw, str) and Path(raw.strip()).suffix.lower() in STRUCTURE_FILES:
-        try:
-            structure = (Structure.from_dict(raw) if isinstance(raw, dict) else
-                         Structure.from_file(input_file(raw.strip(), "composition", STRUCTURE_MAX_BYTES)))
-        except InputError:
-            raise
-        except Exception as err:  # the crystal input reports the details; here only the composition matters
-            raise InputError("composition", f"cannot read a composition from this structure: "
-                                            f"{' '.join(str(err).split())}") from None
-        comp = structure.composition
+    elif isinstance(raw, (Structure, dict)) or isinstance(raw, str) and Path(raw.strip()).suffix.lower() in \
+            STRUCTURE_SUFFIXES:
+        comp = read_structure(raw, "composition").composition  # bounded as the crystal input bounds it
     elif isinstance(raw, str):
         if not raw.strip():
             raise InputError("composition", "empty formula")

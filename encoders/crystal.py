@@ -9,6 +9,7 @@ import contextlib
 import functools
 import io
 import json
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,31 +23,46 @@ from encoders.base import Fraction, InputError, PositiveFloat, PositiveInt, Toke
 
 STRUCTURE_SUFFIXES = {".cif": "cif", ".vasp": "poscar", ".poscar": "poscar", ".json": "json"}
 # Bounds on one structure, so a bad cell is a per-row error and never a stalled or out-of-memory job: the
-# text (or file) is bounded before parsing, the sites after. A cell thinner than MIN_WIDTH or denser than
-# MIN_VOLUME_PER_SITE (both far past any real solid) would put millions of periodic images within the cutoff.
+# text (or file) is bounded before parsing, and so are the sites it makes (a CIF's symmetry operations can
+# expand 18 KB into 100,000 sites, which pymatgen takes minutes to build). A cell thinner than MIN_WIDTH or
+# denser than MIN_VOLUME_PER_SITE (both far past any real solid) would put millions of periodic images within
+# the cutoff.
 MAX_SITES = 2000
 MAX_TEXT_BYTES = 1 << 20   # a CIF of ~25,000 sites, parsed in a few seconds
 MIN_WIDTH = 0.5            # Å between opposite faces of the cell
 MIN_VOLUME_PER_SITE = 1.0  # Å^3
+# The grid (fractional) on which symmetry images are counted before a CIF is expanded: coarser than the 1e-4
+# within which pymatgen merges images, so what it merges is counted once (a pair split by a grid line aside).
+IMAGE_TOLERANCE = 1e-3
 
 
-def parse_structure(raw, ordered: bool = True):
-    """-> pymatgen Structure; ``ordered`` refuses partial occupancies (for backbones that need one species
-    per site). Accepts a Structure, a ``Structure.as_dict()`` dict (or its JSON text), a CIF or POSCAR file
-    path, or CIF / POSCAR text."""
+def read_structure(raw, modality: str = "crystal"):
+    """-> pymatgen Structure of at most MAX_SITES sites, from a Structure, a ``Structure.as_dict()`` dict (or its
+    JSON text), a CIF or POSCAR file path, or CIF / POSCAR text. The sites are counted before pymatgen builds
+    them (a dict's sites, a POSCAR's atom counts, a CIF's atom sites under its symmetry operations). Errors name
+    ``modality``: the composition encoder reads structures through here too."""
     from pymatgen.core import Structure
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # CIF readers warn about every rounding they do
             structure = _read(raw, Structure)
-    except InputError:
-        raise
+    except InputError as err:
+        raise InputError(modality, err.why) from None
     except KeyError as err:
-        raise InputError("crystal", f"cannot read structure: missing key {err}") from None
+        raise InputError(modality, f"cannot read structure: missing key {err}") from None
     except Exception as err:  # pymatgen's parsers raise many exception types for malformed files
         why = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InputError("crystal", f"cannot read structure: {why}") from None
+        raise InputError(modality, f"cannot read structure: {why}") from None
+    if len(structure) > MAX_SITES:
+        raise InputError(modality, f"{len(structure):,} sites is over the limit of {MAX_SITES:,}")
+    return structure
+
+
+def parse_structure(raw, ordered: bool = True):
+    """-> pymatgen Structure (``read_structure``) with a sane geometry; ``ordered`` refuses partial occupancies
+    (for backbones that need one species per site)."""
+    structure = read_structure(raw)
     if len(structure) == 0:
         raise InputError("crystal", "structure has no sites")
     _check_geometry(structure)
@@ -58,8 +74,6 @@ def parse_structure(raw, ordered: bool = True):
 
 
 def _check_geometry(structure) -> None:
-    if len(structure) > MAX_SITES:
-        raise InputError("crystal", f"{len(structure):,} sites is over the limit of {MAX_SITES:,}")
     lattice = structure.lattice
     if not (np.isfinite(lattice.matrix).all() and np.isfinite(structure.frac_coords).all()):
         raise InputError("crystal", "the lattice or the coordinates hold NaN or inf")
@@ -77,26 +91,90 @@ def _looks_like_path(text: str) -> bool:
 
 
 def _read(raw, Structure):
+    from monty.io import zopen
+    from pymatgen.io.cif import CifParser
+
     if isinstance(raw, Structure):
         return raw
     if isinstance(raw, dict):
-        return Structure.from_dict(raw)
+        return _from_dict(raw, Structure)
     if not isinstance(raw, (str, Path)):
         raise InputError("crystal", f"expected a structure, a dict or a file path, got {type(raw).__name__}")
     text = str(raw).strip()
     if not text:
         raise InputError("crystal", "empty structure")
-    if len(text) > MAX_TEXT_BYTES:
-        raise InputError("crystal", f"structure text of {len(text):,} characters is over the limit of "
-                                    f"{MAX_TEXT_BYTES:,}")
-    if text.startswith("{"):
-        return Structure.from_dict(json.loads(text))
-    if "\n" not in text:
+    if "\n" not in text and not text.startswith("{"):
         if not _looks_like_path(text):
             raise InputError("crystal", f"{text[:60]!r} is neither a structure file (.cif, .vasp, .json, POSCAR) "
                                         "nor CIF / POSCAR text")
-        return Structure.from_file(input_file(text, "crystal", MAX_TEXT_BYTES))
-    return Structure.from_str(text, fmt="cif" if "_cell_length_a" in text else "poscar")
+        path = input_file(text, "crystal", MAX_TEXT_BYTES)
+        fmt = STRUCTURE_SUFFIXES.get(path.suffix.lower(), "poscar")
+        with zopen(path, mode="rt", encoding="utf-8", errors="replace") as f:  # a POSCAR.gz too
+            text = f.read(MAX_TEXT_BYTES + 1)
+    else:
+        fmt = "json" if text.startswith("{") else "cif" if "_cell_length_a" in text else "poscar"
+    if len(text) > MAX_TEXT_BYTES:
+        raise InputError("crystal", f"structure text of {len(text):,} characters is over the limit of "
+                                    f"{MAX_TEXT_BYTES:,}")
+    if fmt == "json":
+        return _from_dict(json.loads(text), Structure)
+    if fmt == "cif":
+        parser = CifParser.from_str(text)
+        if _cif_sites(parser) > MAX_SITES:
+            raise InputError("crystal", f"its symmetry operations expand the CIF to over {MAX_SITES:,} sites, "
+                                        "the limit")
+        return parser.parse_structures(primitive=False)[0]
+    declared = _poscar_sites(text)
+    if declared > MAX_SITES:
+        raise InputError("crystal", f"the POSCAR declares {declared:,} atoms, over the limit of {MAX_SITES:,}")
+    return Structure.from_str(text, fmt="poscar")
+
+
+def _from_dict(d, Structure):
+    sites = d.get("sites") if isinstance(d, dict) else None
+    if isinstance(sites, list) and len(sites) > MAX_SITES:
+        raise InputError("crystal", f"{len(sites):,} sites is over the limit of {MAX_SITES:,}")
+    return Structure.from_dict(d)
+
+
+def _poscar_sites(text: str) -> int:
+    """The atoms a POSCAR declares: the counts on its sixth line, or its seventh after element names (0 if none)."""
+    for line in text.splitlines()[5:7]:
+        if re.fullmatch(r"\s*\d+(\s+\d+)*\s*", line):
+            return sum(map(int, line.split()))
+    return 0
+
+
+def _cif_sites(parser) -> int:
+    """The sites a CIF's blocks expand to under their symmetry operations, counted without building them and
+    stopping past MAX_SITES: every atom-site row's images, wrapped into the cell, with coincident images (a
+    special position's) counted once, as pymatgen merges them."""
+    from pymatgen.io.cif import str2float
+
+    total = 0
+    for block in parser._cif.data.values():  # the parsed blocks (pymatgen has no public accessor)
+        columns = [block.data.get(f"_atom_site_fract_{axis}") for axis in "xyz"]
+        try:
+            xyz = np.array([[str2float(v) for v in ([c] if isinstance(c, str) else c)] for c in columns],
+                           dtype=np.float64).T
+        except (TypeError, ValueError):
+            continue  # no or unreadable coordinates: pymatgen refuses the block before expanding it
+        ops = parser.get_magsymops(block) if parser.feature_flags["magcif"] else parser.get_symops(block)
+        affine = np.array([op.affine_matrix[:3] for op in ops])  # [ops, 3, 4]
+        finite = np.isfinite(xyz).all(1)
+        total += len(ops) * int((~finite).sum())  # NaN images never match, so pymatgen keeps every one
+        seen: set[int] = set()
+        bins = round(1 / IMAGE_TOLERANCE)
+        for chunk in np.array_split(xyz[finite], max(1, len(xyz) * len(ops) // 65536)):
+            images = np.einsum("kij,rj->rki", affine[:, :, :3], chunk) + affine[:, :, 3]
+            cell = np.round(images % 1.0 * bins).astype(np.int64) % bins  # wrapped: 0.9999 and 0 are one
+            seen.update((cell @ np.array([bins * bins, bins, 1])).ravel().tolist())
+            if total + len(seen) > MAX_SITES:
+                break
+        total += len(seen)
+        if total > MAX_SITES:
+            break
+    return total
 
 
 @dataclass
