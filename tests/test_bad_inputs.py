@@ -1,21 +1,26 @@
 """The bad-input matrix: every configured encoder of the registry against empty, None, wrong types, huge inputs,
-NaN and inf, text that is not valid UTF-8, and file cells that leave the data root, loop, are truncated or are
-too big. Each case ends in an ``InputError`` naming the modality and a one-line reason, or in a documented clamp
-with finite features, within a time bound; none crashes or hangs.
+NaN and inf, text that is not valid UTF-8 or that the tokenizer reduces to nothing, structures whose symmetry
+expands them past the site limit, and file cells that leave the data root, loop, are truncated or are too big.
+Each case ends in an ``InputError`` naming the modality and a one-line reason, or in a documented clamp with
+finite features and at least one token, within a time bound; none crashes or hangs.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import faulthandler
+import functools
 import shutil
 import signal
 import struct
+import tempfile
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from pymatgen.core import Lattice, Structure
 
@@ -68,6 +73,50 @@ def _nacl_dict(matrix=None, coords=None) -> dict:
     return d
 
 
+EXPANDING_CIF = """data_expands
+_symmetry_space_group_name_H-M 'F m -3 m'
+_cell_length_a 40.0
+_cell_length_b 40.0
+_cell_length_c 40.0
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+loop_
+_symmetry_equiv_pos_as_xyz
+{ops}loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+{sites}"""
+
+
+@functools.cache
+def expanding_cif(rows: int = 520, seed: int = 0) -> str:
+    """An 18 KB CIF that its symmetry expands to about 100,000 sites: ``rows`` general positions under the 192
+    operations of Fm-3m, listed in full (pymatgen took minutes to expand it)."""
+    from pymatgen.symmetry.groups import SpaceGroup
+
+    ops = "".join(f"'{op.as_xyz_str()}'\n" for op in SpaceGroup("Fm-3m").symmetry_ops)
+    xyz = np.random.default_rng(seed).uniform(0.01, 0.24, (rows, 3))
+    return EXPANDING_CIF.format(ops=ops, sites="".join(f"C{i} C {x:.4f} {y:.4f} {z:.4f}\n"
+                                                       for i, (x, y, z) in enumerate(xyz)))
+
+
+_FILES = tempfile.TemporaryDirectory(prefix="bad-inputs-")  # removed when the test run ends
+
+
+def _in_file(text: str, name: str) -> str:
+    """``text`` written to a file named ``name``; its path (a structure column may name a file)."""
+    path = Path(_FILES.name) / name
+    path.write_text(text)
+    return str(path)
+
+
+POSCAR_100K = "declares 100,000 atoms\n1.0\n40 0 0\n0 40 0\n0 0 40\nC\n100000\nDirect\n0 0 0 C\n"
+
+
 def _png_header(width: int, height: int) -> bytes:
     """A PNG that declares ``width`` x ``height`` pixels and holds none: decoding it would need gigabytes."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
@@ -101,11 +150,22 @@ CASES = {
         ("thin-cell", Structure(Lattice([[100, 0, 0], [0, 100, 0], [0, 0, 0.01]]), ["Na"], [[0, 0, 0]]).as_dict(),
          "error"),
         ("bad-cif-text", "data_x\n_cell_length_a 3\nloop_\n", "error"),
+        # refused before pymatgen expands them (it took minutes on the 100,000 sites)
+        ("symmetry-100k-sites", lambda enc: expanding_cif(), "error"),
+        ("symmetry-100k-sites-file", lambda enc: _in_file(expanding_cif(), "expands.cif"), "error"),
+        ("symmetry-2112-sites", lambda enc: expanding_cif(rows=11), "error"),
+        ("poscar-100k-atoms", POSCAR_100K, "error"),
+        ("json-2662-sites", lambda enc: (_nacl() * 11).to_json(), "error"),
     ],
     "text": [
         ("huge", "word " * 300_000, "error"),
         ("long-is-cut", "word " * 100_000, "clamp"),  # 100,000 words: cut at max_length pieces, the rest counted
         ("mixed-list", ["a", 1], "error"), ("list-not-utf8", ["ok", "\udcff"], "error"), ("empty-list", [], "error"),
+        # characters the tokenizer drops: no token is left (a non-UTF-8 CSV byte becomes U+FFFD)
+        ("zero-width", "\u200b\u200c", "error"), ("combining-marks", "\u0301\u0302", "error"),
+        ("replacement-chars", "\ufffd \ufffd", "error"), ("control-chars", "\x00\x01", "error"),
+        ("format-chars", "\ufeff\u202e\u00ad", "error"), ("dropped-words-list", ["\x07", "\u200b"], "error"),
+        ("zero-width-inside", "BRCA1\u200b binds \u0301 p53", "clamp"),
     ],
     "spectrum": [
         ("huge-no-axis", lambda enc: np.ones(10**6).tolist(), "error"),  # a length other than the grid's needs an axis
@@ -124,8 +184,10 @@ CASES = {
         ("strings-array", np.array([["a"]]), "error"),
     ],
 }
-# It reads structures too: their composition, however many sites (no neighbour list to bound).
-CASES["composition"] += [("huge-2662-sites", CASES["crystal"][0][1], "clamp"), CASES["crystal"][1]]
+# It reads structures too, within the crystal encoder's bounds (a structure is a formula only from a file or dict).
+CASES["composition"] += [CASES["crystal"][0], CASES["crystal"][1],
+                         ("symmetry-100k-sites-file", lambda enc: _in_file(expanding_cif(), "expands.cif"), "error"),
+                         ("poscar-100k-atoms-file", lambda enc: _in_file(POSCAR_100K, "POSCAR.vasp"), "error")]
 # File cells (relative to the data root unless absolute); each modality's file suffixes.
 SUFFIXES = {"crystal": [".cif"], "composition": [".cif"], "spectrum": [".npy", ".csv", ".fits"],
             "image": [".png", "-image.fits"]}
@@ -184,6 +246,8 @@ def check(name: str, raw, expect: str) -> None:
         value = getattr(features, field.name)
         if isinstance(value, np.ndarray) and value.dtype.kind == "f":
             assert np.isfinite(value).all(), f"non-finite {field.name}"
+    with torch.no_grad():  # an accepted row reaches the fusion with a token (none would fail the whole batch)
+        assert enc.eval()(enc.collate([features])).mask.any(), "accepted, but it gives the model no token"
 
 
 @pytest.mark.parametrize("name, raw, expect", _params())

@@ -1,10 +1,12 @@
-"""Property-based fuzzing of the parsers (SMILES, formula, CIF, spectrum) and of collate + forward: whatever the
-input, nothing but an InputError escapes, and whatever is accepted gives finite features and finite tokens.
+"""Property-based fuzzing of the parsers (SMILES, formula, CIF, spectrum), of collate + forward, and of whole bundled
+models: whatever the input, nothing but an InputError escapes a parser, whatever is accepted gives finite features
+and finite tokens, and ``predict`` answers every row with a result or a per-row error.
 
 Examples are bounded and derandomized (the same ones on every run), so the file takes seconds in CI.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -159,3 +161,44 @@ def test_collate_and_forward_with_random_masks(pools, modality, picks):
     assert torch.isfinite(tokens.x).all()
     for row, mask in zip(rows, tokens.mask):
         assert bool(mask.any()) == (row is not None)
+
+
+# -- whole models: random rows into the bundled models' predict -----------------------------------------------
+# Characters a tokenizer drops (control, zero-width, combining, U+FFFD, format) mixed with a few it keeps, so many
+# rows hold no token at all: such a row is a per-row error, never an exception that loses the batch.
+DROPPED_CHARS = "\x00\x01\x07\x1f\x7f\u200b\u200c\u200d\u2060\ufeff\u00ad\u202e\u0301\u0302\u20dd\ufffd \t\n"
+TEXTS = ANY_TEXT | st.text(st.sampled_from(DROPPED_CHARS), max_size=8) | st.text(DROPPED_CHARS + "aZ1-", max_size=12)
+PER_CALL = settings(max_examples=20, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=list(HealthCheck))  # 20 calls of 100 rows: 2,000 rows per test
+
+
+@functools.cache
+def bundled(task: str):
+    import zoo
+
+    return zoo.load(task)
+
+
+def _every_row_answered(rows: list[dict], out: list[dict], keys: set[str]) -> None:
+    assert len(out) == len(rows)
+    for result in out:
+        if "error" in result:
+            assert result["error"] and "\n" not in result["error"], result
+        else:
+            assert keys <= set(result), result
+
+
+@pytest.mark.parametrize("task", ["bio-ner", "bio-ner-chem"])
+@PER_CALL
+@given(texts=st.lists(TEXTS, min_size=100, max_size=100))
+def test_bundled_taggers_answer_every_text(task, texts):
+    rows = [{"text": t} for t in texts]
+    _every_row_answered(rows, bundled(task).predict(rows), {"entities"})
+
+
+@PER_CALL
+@given(smiles=st.lists(st.text(SMILES_CHARS, max_size=40) | ANY_TEXT, min_size=100, max_size=100))
+def test_bundled_solubility_answers_every_smiles(smiles):
+    rows = [{"smiles": s} for s in smiles]
+    model = bundled("molecule-solubility")
+    _every_row_answered(rows, model.predict(rows), set(model.spec.head.targets))
