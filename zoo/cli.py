@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -15,10 +16,10 @@ from zoo.bench import QUICK_EPOCHS, QUICK_ROWS, bench_task
 from zoo.data import data_file
 from zoo.artifacts import atomic_write_text, load, resolve_weights, sha256_file
 from zoo.distributed import process_group, rank_and_world
-from zoo.predict import predict_table
+from zoo.predict import check_output, predict_table
 from zoo.registry import load_registry, parse_overrides, validate_task
 from zoo.tables import read_dataset
-from zoo.train import Trainer, fixed_test_set
+from zoo.train import Trainer, fixed_test_set, train_lock
 
 
 RUN_FILE = "run.yaml"  # what a training run was started with, so --resume needs nothing else
@@ -75,25 +76,30 @@ def cmd_train(args) -> int:
     rows, test = read_dataset(path, spec.data.reader), fixed_test_set(spec, test_path)
     with process_group():
         rank = rank_and_world()[0]
-        if not args.resume and rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            run = {"task": spec.model_dump(mode="json"), "data": str(path.resolve()),
-                   "test_data": test_path and str(Path(test_path).resolve())}
-            atomic_write_text(out / RUN_FILE, yaml.safe_dump(run, sort_keys=False))
-        _, metrics = Trainer(spec, out=out).fit(rows, data_sha256=sha256_file(path), resume=bool(args.resume),
-                                                **test)
+        # The lock before run.yaml: a second run into a busy --out must refuse before it rewrites the record
+        # that the first needs to resume (fit takes the same lock again, which passes within this process).
+        with train_lock(out) if rank == 0 else contextlib.nullcontext():
+            if not args.resume and rank == 0:
+                run = {"task": spec.model_dump(mode="json"), "data": str(path.resolve()),
+                       "test_data": test_path and str(Path(test_path).resolve())}
+                atomic_write_text(out / RUN_FILE, yaml.safe_dump(run, sort_keys=False))
+            _, metrics = Trainer(spec, out=out).fit(rows, data_sha256=sha256_file(path), resume=bool(args.resume),
+                                                    **test)
     if rank == 0:
         score = metrics.get("test", {}).get(spec.metric)
+        tested = f"test {spec.metric} {score:.4f}" if score is not None else "no test set"
         print(f"{spec.name}: best epoch {metrics['best_epoch']}, val {spec.metric} "
-              f"{metrics['val'][spec.metric]:.4f}, test {spec.metric} {score:.4f}; saved to {out}")
+              f"{metrics['val'][spec.metric]:.4f}, {tested}; saved to {out}")
     return 0
 
 
 def cmd_predict(args) -> int:
+    if args.output:
+        check_output(args.output)  # before loading the model, not after predicting everything
+    elif args.resume:
+        raise ZooError("--resume needs --output: it continues the parts an interrupted run left beside it")
     registry = load_registry(args.registry)
     model = load(args.task, registry)
-    if args.resume and not args.output:
-        raise ZooError("--resume needs --output: it continues the parts an interrupted run left beside it")
     with process_group():
         summary = predict_table(model, args.input, args.output, chunk_rows=args.chunk_rows,
                                 batch_size=args.batch_size, candidates=args.candidates, top=args.top,
@@ -139,7 +145,8 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--top", type=int, default=10, help="retrieval tasks: how many candidates to list")
     predict.add_argument("--workers", type=int, default=0, help="featurize in this many worker processes")
     predict.add_argument("--resume", action="store_true",
-                         help="keep the chunks an interrupted run into the same --output finished")
+                         help="keep the chunks an interrupted run into the same --output finished (refused "
+                              "if that run had another input, chunk size, model or candidates)")
     predict.set_defaults(run=cmd_predict)
 
     bench = sub.add_parser("bench", help="reproduce a task's benchmark (or all) and write its results and plots")
