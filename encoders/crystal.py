@@ -31,9 +31,12 @@ MAX_SITES = 2000
 MAX_TEXT_BYTES = 1 << 20   # a CIF of ~25,000 sites, parsed in a few seconds
 MIN_WIDTH = 0.5            # Å between opposite faces of the cell
 MIN_VOLUME_PER_SITE = 1.0  # Å^3
-# The grid (fractional) on which symmetry images are counted before a CIF is expanded: coarser than the 1e-4
-# within which pymatgen merges images, so what it merges is counted once (a pair split by a grid line aside).
-IMAGE_TOLERANCE = 1e-3
+# The grid (fractional) on which symmetry images are counted before a CIF is expanded: pymatgen's own merge
+# tolerance, so two images counted as one are ones it merges too (a pair split by a grid line counts twice:
+# the count errs high, never low). No space group has more than 192 operations (Fm-3m), a magnetic one twice
+# that; a CIF listing more is refused before they are parsed.
+IMAGE_TOLERANCE = 1e-4
+MAX_SYMMETRY_OPERATIONS = 384
 
 
 def read_structure(raw, modality: str = "crystal"):
@@ -145,6 +148,16 @@ def _poscar_sites(text: str) -> int:
     return 0
 
 
+def _listed_operations(block) -> int:
+    """The symmetry operations a CIF block lists (a magnetic one's operations times its centrings), read from
+    its loops before pymatgen parses them."""
+    def longest(pattern: str) -> int:
+        return max((len(v) if isinstance(v, list) else 1 for k, v in block.data.items() if re.search(pattern, k)),
+                   default=1)
+
+    return longest(r"symop(?!.*centering)|equiv_pos") * longest(r"centering")
+
+
 def _cif_sites(parser) -> int:
     """The sites a CIF's blocks expand to under their symmetry operations, counted without building them and
     stopping past MAX_SITES: every atom-site row's images, wrapped into the cell, with coincident images (a
@@ -159,6 +172,10 @@ def _cif_sites(parser) -> int:
                            dtype=np.float64).T
         except (TypeError, ValueError):
             continue  # no or unreadable coordinates: pymatgen refuses the block before expanding it
+        listed = _listed_operations(block)
+        if listed > MAX_SYMMETRY_OPERATIONS:
+            raise InputError("crystal", f"the CIF lists {listed:,} symmetry operations; no space group has over "
+                                        f"{MAX_SYMMETRY_OPERATIONS}")
         ops = parser.get_magsymops(block) if parser.feature_flags["magcif"] else parser.get_symops(block)
         affine = np.array([op.affine_matrix[:3] for op in ops])  # [ops, 3, 4]
         finite = np.isfinite(xyz).all(1)

@@ -88,3 +88,26 @@ def test_high_symmetry_cifs_with_special_positions_still_parse():
     assert len(parse_structure(NACL_FROM_SYMBOL)) == 8
     for path in sorted((ROOT / "examples" / "crystals").glob("*.cif")):
         assert len(parse_structure(str(path))) >= 1
+
+
+def _p1_cif(ops: list[str], sites: list[tuple[float, float, float]]) -> str:
+    listed = "".join(f"'{op}'\n" for op in ops)
+    rows = "".join(f"Na{i} Na {x:.5f} {y:.5f} {z:.5f}\n" for i, (x, y, z) in enumerate(sites))
+    return ("data_x\n_cell_length_a 20\n_cell_length_b 20\n_cell_length_c 20\n_cell_angle_alpha 90\n"
+            "_cell_angle_beta 90\n_cell_angle_gamma 90\nloop_\n_symmetry_equiv_pos_as_xyz\n" + listed +
+            "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n"
+            "_atom_site_fract_z\n" + rows)
+
+
+def test_a_flood_of_symmetry_operations_is_refused_before_they_are_parsed():
+    # 30,000 translations by 1e-5: images that a coarse count would merge, and pymatgen took 12 s to parse
+    cif = _p1_cif([f"x+{i}/100000,y,z" for i in range(30_000)], [(0, 0, 0)])
+    with within(2), pytest.raises(InputError, match="30,000 symmetry operations"):
+        parse_structure(cif)
+
+
+def test_atoms_closer_than_the_count_grid_are_still_counted_apart():
+    # 3,000 atom rows 2e-4 apart (fractional): pymatgen keeps each one, so the count must too
+    sites = [(0.1 + (i % 15) * 2e-4, 0.1 + (i // 15 % 15) * 2e-4, 0.1 + (i // 225) * 2e-4) for i in range(3000)]
+    with within(2), pytest.raises(InputError, match=f"over {MAX_SITES:,} sites"):
+        parse_structure(_p1_cif(["x,y,z"], sites))
