@@ -78,6 +78,7 @@ class TextBERT(nn.Module):
         from transformers import AutoConfig, AutoModel
 
         self.source, self.max_length, self.tokens, self.frozen = resolve_model(model), max_length, tokens, False
+        self.merged = False
         local = _offline() or Path(self.source).is_dir()
         if building_on_meta():  # shapes only: the architecture from its config, no weights read
             self.bert = AutoModel.from_config(AutoConfig.from_pretrained(self.source, local_files_only=local))
@@ -109,6 +110,14 @@ class TextBERT(nn.Module):
             self.bert = get_peft_model(self.bert, config)
         else:
             raise ValueError(f"text-bert has no transfer strategy {strategy!r}")
+
+    def merge_lora(self) -> None:
+        """Fold LoRA deltas into the backbone's weights (W + scale * B @ A), for inference: one plain forward at the
+        bare backbone's speed instead of peft's extra low-rank products. The deltas are gone after, so a merged
+        encoder can be neither trained further nor saved as an artifact (``merged`` says so). No-op without LoRA."""
+        if hasattr(self.bert, "merge_and_unload"):
+            self.bert = self.bert.merge_and_unload()
+            self.merged = True
 
     def featurize(self, raw) -> TextFeatures:
         if isinstance(raw, str):
@@ -170,11 +179,14 @@ class TextBERT(nn.Module):
         present = batch["mask"].any(1)
         if "pooled" in batch:
             return Tokens(batch["pooled"].unsqueeze(1), present.unsqueeze(1))
-        hidden = torch.zeros(*batch["ids"].shape, self.out_dim, device=batch["ids"].device)
-        if present.any():  # rows without text never reach the transformer
-            out = self.bert(input_ids=batch["ids"][present], attention_mask=batch["mask"][present].long())
-            hidden = hidden.to(out.last_hidden_state.dtype).index_put((present.nonzero().squeeze(1),),
-                                                                      out.last_hidden_state)
+        if present.all():  # the usual batch: no [B, T, D] copy to scatter into
+            hidden = self.bert(input_ids=batch["ids"], attention_mask=batch["mask"].long()).last_hidden_state
+        else:
+            hidden = torch.zeros(*batch["ids"].shape, self.out_dim, device=batch["ids"].device)
+            if present.any():  # rows without text never reach the transformer
+                out = self.bert(input_ids=batch["ids"][present], attention_mask=batch["mask"][present].long())
+                hidden = hidden.to(out.last_hidden_state.dtype).index_put((present.nonzero().squeeze(1),),
+                                                                          out.last_hidden_state)
         if self.tokens == "pieces":
             return Tokens(hidden, batch["mask"])
         if self.tokens == "mean":

@@ -123,6 +123,8 @@ def versions() -> dict[str, str]:
 
 
 def save(model: ZooModel | Ensemble, out: Path, metrics: dict, data_sha256: str | None = None) -> Path:
+    if any(getattr(m, "merged", False) for m in model.modules()):  # its LoRA deltas are folded into the backbone
+        raise ZooError("a model loaded for inference (LoRA merged) cannot be saved; load it with merge=False")
     out = Path(out)
     weights = out / "model.safetensors"
     skip = model.pretrained_frozen()
@@ -142,11 +144,14 @@ def save(model: ZooModel | Ensemble, out: Path, metrics: dict, data_sha256: str 
     return out
 
 
-def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu") -> ZooModel | Ensemble:
+def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu", merge: bool = True) -> ZooModel | Ensemble:
     """A model folder -> the model, checked before anything is built from it: config.yaml is plain YAML
     naming only registered types, model.safetensors has the sha256 config.yaml records, and every tensor
     has the name, shape and dtype the model expects, and finite values. The expected shapes come from a build
-    on the meta device (no memory), so a config that claims a huge model is refused before it is allocated."""
+    on the meta device (no memory), so a config that claims a huge model is refused before it is allocated.
+
+    ``merge`` folds LoRA deltas into their backbones (``merge_lora``): a loaded model is for prediction, and a
+    merged backbone runs as fast as the bare one. ``merge=False`` keeps them apart, to train further or save."""
     path = Path(path)
     config_path = path / "config.yaml"
     if not config_path.is_file():
@@ -175,6 +180,10 @@ def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu") -
     _check_tensors(weights, state, shapes)
     model = build_model(spec)
     model.load_state_dict(state, strict=False)  # every key was checked above; the rest came with the backbone
+    if merge:
+        for encoder in model.modules():
+            if hasattr(encoder, "merge_lora"):
+                encoder.merge_lora()
     return model.to(device).eval()
 
 
@@ -258,12 +267,14 @@ def download(url: str, into: Path) -> Path:
     return into
 
 
-def load(name_or_path: str | os.PathLike, registry: Registry | None = None, device: str = "cpu") -> ZooModel | Ensemble:
-    """A trained model from a folder, or from a registry task name (weights resolved as above)."""
+def load(name_or_path: str | os.PathLike, registry: Registry | None = None, device: str = "cpu",
+         merge: bool = True) -> ZooModel | Ensemble:
+    """A trained model from a folder, or from a registry task name (weights resolved as above); ``merge`` as in
+    ``load_artifact``."""
     if Path(name_or_path).is_dir():
-        return load_artifact(name_or_path, device)
+        return load_artifact(name_or_path, device, merge)
     registry = registry or load_registry()
-    return load_artifact(resolve_weights(registry.task(str(name_or_path))), device)
+    return load_artifact(resolve_weights(registry.task(str(name_or_path))), device, merge)
 
 
 def model_card(spec: TaskSpec, metrics: dict, data_sha256: str | None = None) -> str:
