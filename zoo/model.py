@@ -35,6 +35,25 @@ def feature_size(features: dict) -> int:
                for f in features.values() if f is not None)
 
 
+# Padded tokens (rows x longest row, in ``feature_size`` units) a prediction batch may hold. Past a few thousand
+# tokens a transformer gains no speed from more rows on CPU, while padding and [B, T, D] intermediates grow.
+BATCH_TOKENS = 8192
+
+
+def size_batches(sizes: list[int], batch_size: int, tokens: int | None) -> list[tuple[int, int]]:
+    """(start, end) of consecutive batches over ``sizes`` sorted ascending: at most ``batch_size`` rows, and
+    rows x the last (longest) row's size at most ``tokens`` (None: no limit); a row over it alone is a batch."""
+    bounds, start = [], 0
+    for i, size in enumerate(sizes):  # would row i still fit in the batch [start, i]?
+        rows = i - start + 1
+        if rows > batch_size or (tokens is not None and rows > 1 and rows * size > tokens):
+            bounds.append((start, i))
+            start = i
+    if sizes:
+        bounds.append((start, len(sizes)))
+    return bounds
+
+
 def to_device(batch, device: torch.device):
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -59,11 +78,12 @@ class Inference:
             return i, None, str(err)
 
     @torch.no_grad()
-    def _run(self, rows: list[dict], batch_size: int, workers: int = 0):
+    def _run(self, rows: list[dict], batch_size: int, workers: int = 0, tokens: int | None = BATCH_TOKENS):
         """(errors {row: why}, then batches of (row indices, features, raw head output)) over ``rows``.
 
         ``workers`` > 0 featurizes in DataLoader worker processes. Rows are batched by size (fewer padded
-        tokens for text and crystals); callers put results back by row index."""
+        tokens for text and crystals), at most ``batch_size`` rows and ``tokens`` padded tokens a batch
+        (``size_batches``); callers put results back by row index."""
         self.eval()
         items = list(enumerate(rows))
         featurized = (DataLoader(items, batch_size=None, num_workers=workers, collate_fn=self._featurize_one)
@@ -76,14 +96,16 @@ class Inference:
                 errors[i] = why
         yield errors
         good.sort(key=lambda item: feature_size(item[1]))
-        for start in range(0, len(good), batch_size):
-            chunk = good[start : start + batch_size]
+        for start, end in size_batches([feature_size(f) for _, f in good], batch_size, tokens):
+            chunk = good[start:end]
             batch = to_device(self.collate([f for _, f in chunk]), self.device)
             yield [i for i, _ in chunk], [f for _, f in chunk], self(batch)
 
-    def predict(self, rows: list[dict], batch_size: int = 256, workers: int = 0) -> list[dict[str, Any]]:
-        """Each row's output columns from the head (``{target: value}``, or entities), or ``{"error": why}``."""
-        run = self._run(rows, batch_size, workers)
+    def predict(self, rows: list[dict], batch_size: int = 256, workers: int = 0,
+                tokens: int | None = BATCH_TOKENS) -> list[dict[str, Any]]:
+        """Each row's output columns from the head (``{target: value}``, or entities), or ``{"error": why}``.
+        Batches hold at most ``batch_size`` rows and ``tokens`` padded tokens (None: rows only)."""
+        run = self._run(rows, batch_size, workers, tokens)
         results: list[dict[str, Any]] = [{} for _ in rows]
         for i, why in next(run).items():
             results[i] = {"error": why}
@@ -93,13 +115,14 @@ class Inference:
                 results[i] = self.head.describe(v, f)
         return results
 
-    def embed(self, rows: list[dict], side: str, batch_size: int = 256) -> tuple[np.ndarray, dict[int, str]]:
+    def embed(self, rows: list[dict], side: str, batch_size: int = 256,
+              tokens: int | None = BATCH_TOKENS) -> tuple[np.ndarray, dict[int, str]]:
         """A contrastive task's embeddings of one side (``head.query`` or ``head.candidate``) [N, E], NaN
         for rows that failed, with {row: why} for those."""
         if not hasattr(self.head, "query"):
             raise ZooError(f"task {self.spec.name!r} has no embeddings to rank: its head is {self.spec.head.type}")
         column = 0 if side == self.head.query else 1
-        run = self._run(rows, batch_size)
+        run = self._run(rows, batch_size, tokens=tokens)
         errors = next(run)
         out = None
         for index, _, raw in run:
