@@ -1,12 +1,18 @@
 """Throughput and memory: batch inference rows/s and peak RSS against table size, training samples/s.
 
-    python benchmarks/throughput.py [--rows 50000 200000] [--train]
+    python benchmarks/throughput.py [--rows [50000 200000 ...]] [--train] [--text [SENTENCES]]
 
 Inference: ``zoo predict molecule-solubility`` (the bundled model) in a fresh process over a generated
 molecule table with one bad row in 50; the child reports its own peak RSS (getrusage). Memory should stay flat
 as the table grows, since rows stream through in chunks. Training: samples/s of one epoch per task family
 on generated rows (molecules; words for the text tagger), on this machine's CPU threads. On a GPU machine
 the training part also reports the bf16 autocast speed-up.
+
+Text (``--text``, needs ``ZOO_DATA`` holding ``bioner_jnlpba/test.tsv``): ``zoo predict bio-ner`` in a fresh
+process over the first 2,000 JNLPBA test sentences (a JSONL of word lists), against a bare forward of the same
+merged members' MiniLMs at batch 32 sorted by length (the fastest way to run those weights, without
+tokenizing, heads or decoding), interleaved over rounds so a shared machine slows both alike; the best round of
+each is kept. Entity F1 is scored for that output and for the old path (LoRA unmerged, batches of 256 rows).
 """
 from __future__ import annotations
 
@@ -56,6 +62,89 @@ def predict_run(n: int, work: Path) -> dict:
             "predict_line": done.stderr.splitlines()[0]}
 
 
+def jnlpba_sentences(n: int) -> list[dict]:
+    import zoo
+    from tasks.ner import read_conll
+    from zoo.data import data_file
+
+    return read_conll(data_file(zoo.info("bio-ner"), "test.tsv"))[:n]
+
+
+def entity_f1(sentences: list[dict], predicted: list[dict]) -> float:
+    """Micro entity F1 (conlleval's exact spans) of predicted entity lists against the sentences' gold tags."""
+    from tasks.ner import entity_scores
+
+    tags = []
+    for s, p in zip(sentences, predicted):
+        row = ["O"] * len(s["tags"])
+        for e in p["entities"]:
+            row[e["first_word"] : e["last_word"] + 1] = [f"B-{e['type']}"] + [f"I-{e['type']}"] * (e["last_word"] - e["first_word"])
+        tags.append(row)
+    return round(entity_scores([s["tags"] for s in sentences], tags)["micro"]["f1"], 4)
+
+
+# ``zoo predict``'s own path (load, then predict_table at its default batch size), timing the load apart: a
+# fixed cost of seconds that does not grow with the table.
+TEXT_CHILD = ("import resource, sys, time; start = time.perf_counter(); import zoo; from zoo.predict import predict_table; "
+              "model = zoo.load('bio-ner'); loaded = time.perf_counter(); "
+              "predict_table(model, sys.argv[1], sys.argv[2], progress=False); "
+              "print('load_s', loaded - start, 'predict_s', time.perf_counter() - loaded, "
+              "'maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+
+
+def text_predict_run(sentences: list[dict], work: Path) -> tuple[dict, list[dict]]:
+    """``zoo predict bio-ner`` in a fresh process: its rate (without the model's load), peak RSS, output rows."""
+    table, out = work / "sentences.jsonl", work / "entities.jsonl"
+    table.write_text("".join(json.dumps({"id": i, "text": s["text"]}) + "\n" for i, s in enumerate(sentences)))
+    out.unlink(missing_ok=True)
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", TEXT_CHILD, str(table), str(out)], cwd=HERE.parent,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode:
+        raise SystemExit(done.stderr)
+    load_s, _, predict_s, _, peak_kb = done.stderr.rsplit("load_s", 1)[1].split()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    for r in rows:  # a nested column may come back as JSON text
+        r["entities"] = json.loads(r["entities"]) if isinstance(r["entities"], str) else r["entities"]
+    return {"sentences_per_s": round(len(sentences) / float(predict_s), 1), "load_s": round(float(load_s), 1),
+            "process_wall_s": round(wall, 1), "peak_rss_mb": round(int(peak_kb) / 1024, 1)}, rows
+
+
+def bare_forward_rate(model, sentences: list[dict], batch: int = 32) -> float:
+    """Sentences/s of the ensemble members' backbones alone over pre-tokenized word pieces, sorted by length."""
+    features = sorted((model.featurize({"text": s["text"]})["text"] for s in sentences), key=lambda f: len(f.ids))
+    backbones = [m.encoders[m.spec.inputs["text"].encoder].bert for m in getattr(model, "members", [model])]
+    encoder = model.encoders[model.spec.inputs["text"].encoder]
+    batches = [encoder.collate(features[i : i + batch]) for i in range(0, len(features), batch)]
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for b in batches:
+            for bert in backbones:
+                bert(input_ids=b["ids"], attention_mask=b["mask"].long())
+    return len(sentences) / (time.perf_counter() - start)
+
+
+def text_section(n: int, rounds: int) -> dict:
+    import zoo
+
+    sentences = jnlpba_sentences(n)
+    merged = zoo.load("bio-ner")
+    report = {"sentences": len(sentences), "rounds": rounds, "predict": [], "bare_forward_sentences_per_s": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(rounds):
+            r, rows = text_predict_run(sentences, Path(tmp))
+            report["predict"].append(r)
+            report["bare_forward_sentences_per_s"].append(round(bare_forward_rate(merged, sentences), 1))
+    best = max(r["sentences_per_s"] for r in report["predict"])
+    report["bare_over_predict"] = round(max(report["bare_forward_sentences_per_s"]) / best, 2)
+    old = zoo.load("bio-ner", merge=False).predict([{"text": s["text"]} for s in sentences], batch_size=256,
+                                                   tokens=None)
+    report["entity_f1"] = {"zoo predict": entity_f1(sentences, rows), "old path": entity_f1(sentences, old)}
+    report["same_entities"] = sum(r["entities"] == o["entities"] for r, o in zip(rows, old))
+    return report
+
+
 def train_rate(task: str, rows: list[dict], overrides: dict, bf16: bool = False) -> float:
     import zoo
 
@@ -67,8 +156,11 @@ def train_rate(task: str, rows: list[dict], overrides: dict, bf16: bool = False)
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", type=int, nargs="+", default=[50_000, 200_000])
+    p.add_argument("--rows", type=int, nargs="*", default=[50_000, 200_000], help="none: skip this part")
     p.add_argument("--train", action="store_true", help="also measure training samples/s")
+    p.add_argument("--text", type=int, nargs="?", const=2000, metavar="SENTENCES",
+                   help="also measure zoo predict bio-ner over JNLPBA test sentences (default 2,000)")
+    p.add_argument("--text-rounds", type=int, default=2)
     p.add_argument("--results", default=str(HERE / "results" / "throughput.json"))
     args = p.parse_args()
     report = {"cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(), "predict": []}
@@ -93,6 +185,12 @@ def main() -> int:
                 train_rate("bio-ner", words, {}, bf16=True), 1)
         for name, rate in report["train_samples_per_s"].items():
             print(f"train {name}: {rate:,.0f} samples/s")
+    if args.text:
+        t = report["text"] = text_section(args.text, args.text_rounds)
+        print(f"text: zoo predict bio-ner {max(r['sentences_per_s'] for r in t['predict']):,.1f} sentences/s "
+              f"(peak RSS {max(r['peak_rss_mb'] for r in t['predict']):,.0f} MB), bare forward of its members "
+              f"{max(t['bare_forward_sentences_per_s']):,.1f}: {t['bare_over_predict']}x; entity F1 {t['entity_f1']}, "
+              f"{t['same_entities']:,} of {t['sentences']:,} sentences with the same entities as the old path")
     Path(args.results).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.results}")
     return 0
