@@ -35,6 +35,7 @@ def test_size_batches_cap_rows_and_padded_tokens():
     # 3 rows x 20 fit 100 tokens, a 4th of 40 would not; a row over the budget is a batch alone
     assert size_batches([10, 10, 20, 40, 100, 5000], 256, 100) == [(0, 3), (3, 4), (4, 5), (5, 6)]
     assert size_batches([], 4, 8) == []
+    assert size_batches([1024] * 10, 4, 2048) == [(0, 4), (4, 8), (8, 10)]  # one size for all: no padding to cap
 
 
 def test_merged_lora_gives_the_unmerged_logits(models, rows):
