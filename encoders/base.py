@@ -7,6 +7,10 @@ An encoder is a torch module with four members:
 - ``forward(batch)``: -> ``Tokens(x [B, T, out_dim], mask [B, T])``;
 - ``out_dim``: the width of its tokens.
 
+It may add ``featurize_many(raws)``: many cells -> a list holding each cell's features, or its ``InputError``
+in its place (one bad cell never fails the others), for an encoder that is faster over many cells at once (a
+backbone run on a batch). ``featurize_cells`` uses it where there is one.
+
 Encoders register themselves by type name with ``@register_encoder``, as timm registers models.
 """
 from __future__ import annotations
@@ -83,6 +87,20 @@ class Tokens:
 
     x: torch.Tensor
     mask: torch.Tensor
+
+
+def featurize_cells(encoder: torch.nn.Module, raws: list) -> list:
+    """Each cell's features from ``encoder``, or the ``InputError`` it raised: through its ``featurize_many``
+    where it has one, else ``featurize`` cell by cell."""
+    if hasattr(encoder, "featurize_many"):
+        return encoder.featurize_many(raws)
+    results = []
+    for raw in raws:
+        try:
+            results.append(encoder.featurize(raw))
+        except InputError as err:
+            results.append(err)
+    return results
 
 
 def register_encoder(name: str) -> Callable[[type], type]:
