@@ -1,6 +1,6 @@
 """Throughput and memory: batch inference rows/s and peak RSS against table size, training samples/s.
 
-    python benchmarks/throughput.py [--rows [50000 200000 ...]] [--train] [--text [SENTENCES]]
+    python benchmarks/throughput.py [--rows [50000 200000 ...]] [--train] [--text [SENTENCES]] [--crystal [N]]
 
 Inference: ``zoo predict molecule-solubility`` (the bundled model) in a fresh process over a generated
 molecule table with one bad row in 50; the child reports its own peak RSS (getrusage). Memory should stay flat
@@ -13,6 +13,9 @@ process over the first 2,000 JNLPBA test sentences (a JSONL of word lists), agai
 merged members' MiniLMs at batch 32 sorted by length (the fastest way to run those weights, without
 tokenizing, heads or decoding), interleaved over rounds so a shared machine slows both alike; the best round of
 each is kept. Entity F1 is scored for that output and for the old path (LoRA unmerged, batches of 256 rows).
+
+Crystal (``--crystal``, needs ``ZOO_DATA`` holding ``matbench_perovskites``): ``zoo predict materials-property``
+over 200 perovskites against CHGNet's own ``predict_structure`` at batch 16 (``crystal_section``).
 """
 from __future__ import annotations
 
@@ -146,6 +149,70 @@ def text_section(n: int, rounds: int) -> dict:
     return report
 
 
+def perovskite_structures(n: int) -> list[dict]:
+    """The first ``n`` structures of the materials-property data (pymatgen dicts)."""
+    import gzip
+
+    import zoo
+    from zoo.data import data_file
+
+    spec = zoo.info("materials-property")
+    with gzip.open(data_file(spec, spec.data.file), "rt") as f:
+        return [json.loads(line)["structure"] for line, _ in zip(f, range(n))]
+
+
+def chgnet_rate(structures: list, threads: int) -> float:
+    """Structures/s of CHGNet's own ``predict_structure`` at batch 16, asked for what the encoder takes."""
+    from encoders.crystal import chgnet_backbone
+
+    backbone, before = chgnet_backbone("0.3.0"), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    backbone.predict_structure(structures, task="e", return_atom_feas=True, return_site_energies=True, batch_size=16)
+    rate = len(structures) / (time.perf_counter() - start)
+    torch.set_num_threads(before)
+    return rate
+
+
+def crystal_section(n: int, rounds: int) -> dict:
+    """``zoo predict materials-property`` (the bundled model, in this process, its load apart) over ``n``
+    perovskites from a JSONL of pymatgen JSON, against CHGNet's ``predict_structure`` (batch 16) on the same
+    structures already built, at one thread and at torch's default (the faster is the bar), interleaved over
+    rounds so a shared machine slows both alike; the best round of each is kept. Features: CHGNet's batched
+    ones against one cell at a time."""
+    import numpy as np
+    from pymatgen.core import Structure
+
+    import zoo
+    from zoo.predict import predict_table
+
+    dicts = perovskite_structures(n)
+    structures = [Structure.from_dict(d) for d in dicts]
+    model = zoo.load("materials-property")
+    encoder = model.encoders[model.spec.inputs["structure"].encoder]
+    threads = sorted({1, torch.get_num_threads()})
+    report = {"structures": len(dicts), "rounds": rounds, "predict_per_s": [],
+              "chgnet_per_s_by_threads": {t: [] for t in threads}}
+    with tempfile.TemporaryDirectory() as tmp:
+        table = Path(tmp) / "perovskites.jsonl"
+        table.write_text("".join(json.dumps({"id": i, "structure": json.dumps(d)}) + "\n" for i, d in enumerate(dicts)))
+        model.predict([{"structure": dicts[0]}])  # loads CHGNet outside the timing
+        for _ in range(rounds):
+            start = time.perf_counter()
+            predict_table(model, table, Path(tmp) / "out.csv", progress=False)
+            report["predict_per_s"].append(round(len(dicts) / (time.perf_counter() - start), 1))
+            for t in threads:
+                report["chgnet_per_s_by_threads"][t].append(round(chgnet_rate(structures, t), 1))
+        start = time.perf_counter()
+        one = [encoder.featurize(d) for d in dicts]
+        report["one_at_a_time_featurize_per_s"] = round(len(dicts) / (time.perf_counter() - start), 1)
+    many = encoder.featurize_many(dicts)
+    report["features_max_abs_diff"] = float(max(np.abs(a.features - b.features).max() for a, b in zip(one, many)))
+    chgnet = max(max(rates) for rates in report["chgnet_per_s_by_threads"].values())
+    report["predict_over_chgnet"] = round(max(report["predict_per_s"]) / chgnet, 2)
+    return report
+
+
 def train_rate(task: str, rows: list[dict], overrides: dict, bf16: bool = False) -> float:
     import zoo
 
@@ -162,6 +229,9 @@ def main() -> int:
     p.add_argument("--text", type=int, nargs="?", const=2000, metavar="SENTENCES",
                    help="also measure zoo predict bio-ner over JNLPBA test sentences (default 2,000)")
     p.add_argument("--text-rounds", type=int, default=2)
+    p.add_argument("--crystal", type=int, nargs="?", const=200, metavar="STRUCTURES",
+                   help="also measure zoo predict materials-property over perovskites (default 200)")
+    p.add_argument("--crystal-rounds", type=int, default=3)
     p.add_argument("--results", default=str(HERE / "results" / "throughput.json"))
     args = p.parse_args()
     report = {"cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(), "predict": []}
@@ -193,6 +263,11 @@ def main() -> int:
               f"{max(t['bare_forward_sentences_per_s']):,.1f}: {t['bare_over_predict']}x (old path "
               f"{t['old_path_sentences_per_s']:,.1f}); entity F1 {t['entity_f1']}, "
               f"{t['same_entities']:,} of {t['sentences']:,} sentences with the same entities as the old path")
+    if args.crystal:
+        c = report["crystal"] = crystal_section(args.crystal, args.crystal_rounds)
+        print(f"crystal: zoo predict materials-property {max(c['predict_per_s']):,.1f} structures/s against "
+              f"CHGNet's predict_structure at batch 16: {c['predict_over_chgnet']}x (one cell at a time "
+              f"{c['one_at_a_time_featurize_per_s']:,.1f}/s); features max abs diff {c['features_max_abs_diff']:.1e}")
     Path(args.results).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.results}")
     return 0
