@@ -277,11 +277,11 @@ class CrystalCGCNN(nn.Module):
 
 
 CHGNET_FEATURES = 129  # two layers of 64 atom features, and the atom's site energy
-# CHGNet's graphs per forward, and torch threads while it runs. On 200 perovskites (a shared 2-core machine)
-# batches of 16-64 ran at 48-66 cells/s against 47 one at a time; a second thread made every batch size 3-50x
-# slower (it spins on such small matrices), so CHGNet keeps one thread and batching gains the rest.
+# CHGNet's graphs per forward. On 200 perovskites (2 cores, lightly shared) batches of 16-32 ran at 95-97
+# cells/s on one thread and 123-149 on two, against 76 one graph at a time: a batch runs on the caller's torch
+# threads, as CHGNet's own predict_structure does; a lone graph keeps one (a second one only spins on its small
+# matrices, and under a loaded machine both collapse to a few cells/s).
 CHGNET_BATCH = 32
-CHGNET_THREADS = 1
 
 
 @dataclass
@@ -324,7 +324,7 @@ def _chgnet_features(model, graphs: list) -> list[np.ndarray | InputError]:
     last = []
     hook = model.readout_norm.register_forward_hook(lambda module, args, out: last.append(out))
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), _torch_threads(1) if len(graphs) == 1 else contextlib.nullcontext():
             out = _chgnet_call(lambda: model(graphs, task="e", return_atom_feas=True, return_site_energies=True))
     except InputError as err:
         out = err
@@ -374,24 +374,22 @@ class CrystalCHGNet(nn.Module):
         model = chgnet_backbone(self.version)
         results: list[AtomFeatures | InputError] = []
         graphs = []  # (position in raws, atomic numbers, CHGNet graph)
-        with _torch_threads(CHGNET_THREADS):
-            for raw in raws:
-                try:
-                    structure = parse_structure(raw)
-                    beyond = [site.specie for site in structure if site.specie.Z > 94]
-                    if beyond:
-                        raise InputError("crystal", f"element {beyond[0]} is beyond the 94 elements CHGNet was "
-                                                    "trained on")
-                    graph = _chgnet_call(model.graph_converter, structure)
-                except InputError as err:
-                    results.append(err)
-                    continue
-                graphs.append((len(results), np.array([site.specie.Z for site in structure], dtype=np.int64), graph))
-                results.append(None)
-            for start in range(0, len(graphs), CHGNET_BATCH):
-                batch = graphs[start : start + CHGNET_BATCH]
-                for (i, z, _), features in zip(batch, _chgnet_features(model, [g for _, _, g in batch])):
-                    results[i] = features if isinstance(features, InputError) else AtomFeatures(z, features)
+        for raw in raws:
+            try:
+                structure = parse_structure(raw)
+                beyond = [site.specie for site in structure if site.specie.Z > 94]
+                if beyond:
+                    raise InputError("crystal", f"element {beyond[0]} is beyond the 94 elements CHGNet was trained on")
+                graph = _chgnet_call(model.graph_converter, structure)
+            except InputError as err:
+                results.append(err)
+                continue
+            graphs.append((len(results), np.array([site.specie.Z for site in structure], dtype=np.int64), graph))
+            results.append(None)
+        for start in range(0, len(graphs), CHGNET_BATCH):
+            batch = graphs[start : start + CHGNET_BATCH]
+            for (i, z, _), features in zip(batch, _chgnet_features(model, [g for _, _, g in batch])):
+                results[i] = features if isinstance(features, InputError) else AtomFeatures(z, features)
         return results
 
     @staticmethod
