@@ -5,6 +5,9 @@ Each is ``(features, targets, fit, test) -> test predictions``: ``features`` are
 dict of modality -> feature per row), ``targets`` [N, n_targets], ``fit`` and ``test`` row indices; the
 predictions take the form the task's head decodes to (values [N, targets], or class indices). A baseline
 fits on training and validation rows together: it has nothing to early-stop.
+
+scikit-learn and scipy are imported inside the baselines that use them: the registry imports this module on
+every start (to check the names a task gives), and a prediction should not pay for them.
 """
 from __future__ import annotations
 
@@ -13,9 +16,6 @@ from typing import Callable
 import numpy as np
 from rdkit import Chem, DataStructs
 from rdkit.Chem import rdFingerprintGenerator
-from scipy import sparse
-from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
-from sklearn.preprocessing import normalize
 
 from encoders.molecule import ATOM_OFFSETS, BOND_OFFSETS, MolGraph
 from encoders.spectrum import Spectrum
@@ -30,6 +30,8 @@ def _spectra(features: list[dict]) -> np.ndarray:
 def spectrum_forest_classifier(features, targets, fit, test) -> np.ndarray:
     """500 trees on the resampled spectrum, classes weighted by inverse frequency (macro-F1 counts every class
     alike) -> class indices."""
+    from sklearn.ensemble import RandomForestClassifier
+
     forest = RandomForestClassifier(n_estimators=500, class_weight="balanced", random_state=0, n_jobs=1)
     return forest.fit(_spectra(features)[fit], targets[fit, 0]).predict(_spectra(features)[test])
 
@@ -37,6 +39,8 @@ def spectrum_forest_classifier(features, targets, fit, test) -> np.ndarray:
 def spectrum_forest_regressor(features, targets, fit, test) -> np.ndarray:
     """One forest per target (scikit-learn's defaults: 100 trees) on the resampled spectrum, fitted on the rows
     that have that target."""
+    from sklearn.ensemble import RandomForestRegressor
+
     x = _spectra(features)
     pred = np.empty((len(test), targets.shape[1]))
     for j, y in enumerate(targets.T):
@@ -90,6 +94,9 @@ def spectrum_nearest_analogue(features, targets, fit, test) -> np.ndarray:
 
     ``targets`` hold each row's compound id (the contrastive head's groups); the predictions are (query,
     candidate) pairs over the test compounds (``_pairs_over_test_compounds``), as the retrieval metrics take."""
+    from scipy import sparse
+    from sklearn.preprocessing import normalize
+
     spectra = sparse.csr_matrix(np.stack([s.intensity for s in _of_type(features, Spectrum)]))
     spectra = normalize(spectra)  # unit rows: dot products are cosines
     nearest = fit[np.asarray((spectra[test] @ spectra[fit].T).argmax(1)).ravel()]

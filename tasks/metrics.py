@@ -1,11 +1,14 @@
-"""Metrics over targets with missing values: each target is scored on its present rows, then averaged."""
+"""Metrics over targets with missing values: each target is scored on its present rows, then averaged.
+
+scikit-learn is imported when a metric is first computed, not with this module: loading a model for prediction
+imports the task families but scores nothing, and scikit-learn pulls in scipy and pandas (about a second).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from sklearn import metrics as skm
 
 from tasks.ner import entity_scores
 
@@ -17,12 +20,18 @@ class Metric:
     per_target: bool = True  # False: ``fn`` takes the whole arrays (sequences of tags, embedding pairs)
 
 
+def _sklearn():
+    from sklearn import metrics
+
+    return metrics
+
+
 def _rmse(y: np.ndarray, p: np.ndarray) -> float:
-    return float(np.sqrt(skm.mean_squared_error(y, p)))
+    return float(np.sqrt(_sklearn().mean_squared_error(y, p)))
 
 
 def _roc_auc(y: np.ndarray, p: np.ndarray) -> float:
-    return float(skm.roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+    return float(_sklearn().roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
 
 
 def tag_sequences(ids: np.ndarray) -> list[list[str]]:
@@ -81,13 +90,13 @@ def class_labels(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _macro_f1(y: np.ndarray, p: np.ndarray) -> float:
     """F1 averaged over the classes that are true or predicted in the set (sklearn's ``average="macro"``)."""
-    return float(skm.f1_score(*class_labels(y, p), average="macro", zero_division=0))
+    return float(_sklearn().f1_score(*class_labels(y, p), average="macro", zero_division=0))
 
 
 METRICS = {
     "rmse": Metric(_rmse, higher_is_better=False),
-    "mae": Metric(lambda y, p: float(skm.mean_absolute_error(y, p)), higher_is_better=False),
-    "r2": Metric(lambda y, p: float(skm.r2_score(y, p)), higher_is_better=True),
+    "mae": Metric(lambda y, p: float(_sklearn().mean_absolute_error(y, p)), higher_is_better=False),
+    "r2": Metric(lambda y, p: float(_sklearn().r2_score(y, p)), higher_is_better=True),
     "roc_auc": Metric(_roc_auc, higher_is_better=True),
     "entity_f1": Metric(_entity_f1, higher_is_better=True, per_target=False),
     "mrr": Metric(lambda y, p: float(np.mean(1 / _ranks(y, p))), higher_is_better=True, per_target=False),
@@ -95,7 +104,7 @@ METRICS = {
                           per_target=False),
     "hits@1": Metric(lambda y, p: float(np.mean(_ranks(y, p) <= 1)), higher_is_better=True, per_target=False),
     "hits@10": Metric(lambda y, p: float(np.mean(_ranks(y, p) <= 10)), higher_is_better=True, per_target=False),
-    "accuracy": Metric(lambda y, p: float(skm.accuracy_score(*class_labels(y, p))), higher_is_better=True,
+    "accuracy": Metric(lambda y, p: float(_sklearn().accuracy_score(*class_labels(y, p))), higher_is_better=True,
                        per_target=False),
     "macro_f1": Metric(_macro_f1, higher_is_better=True, per_target=False),
 }

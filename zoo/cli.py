@@ -12,7 +12,6 @@ from pathlib import Path
 import yaml
 
 from encoders import ZooError
-from zoo.bench import QUICK_EPOCHS, QUICK_ROWS, bench_task
 from zoo.data import data_file
 from zoo.artifacts import atomic_write_text, load, resolve_weights, sha256_file
 from zoo.distributed import process_group, rank_and_world
@@ -159,7 +158,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--results", help="folder for the JSON and plots (default: benchmarks/results, "
                                          "or benchmarks/results/quick with --quick)")
     bench.add_argument("--quick", action="store_true",
-                       help=f"{QUICK_ROWS} rows, {QUICK_EPOCHS} epochs, the first seed: checks the protocol runs")
+                       help="a few hundred rows, two epochs, the first seed: checks the protocol runs")
     bench.add_argument("--bundle", action="store_true", help="ship the best-validation run as the bundled weights")
     bench.add_argument("--work", help="keep each run's folder here (model, log, checkpoints); run again with the "
                                       "same folder, a killed run resumes and a finished one is not retrained")
@@ -170,6 +169,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_bench(args) -> int:
+    from zoo.bench import bench_task  # with plotting and the baselines' libraries: only when bench runs
+
     registry = load_registry(args.registry)
     names = registry.names() if args.task == "all" else [registry.task(args.task).name]
     if args.bundle and args.quick:
