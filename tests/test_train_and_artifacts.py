@@ -150,10 +150,10 @@ def test_featurization_is_cached_per_data_hash(textbook_rows, tmp_path, monkeypa
     first = prepare(model, textbook_rows, progress=False, data_sha256="abc")
     assert len(list((tmp_path / "features").glob("molecule-solubility-*.npz"))) == 1
 
-    def fail(row):
+    def fail(rows):
         raise AssertionError("featurized again despite the cache")
 
-    monkeypatch.setattr(model, "featurize", fail)
+    monkeypatch.setattr(model, "featurize_rows", fail)
     second = prepare(model, textbook_rows, progress=False, data_sha256="abc")
     assert len(second.features) == len(first.features) and second.keys == first.keys
     for a, b in zip(first.features, second.features):

@@ -28,13 +28,13 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from encoders import InputError, ZooError
+from encoders import ZooError
 from tasks import METRICS, SPLITS, score
 from zoo.artifacts import exclusive, save, sha256_file
 from zoo.cache import cache_path, load_features, save_features
 from zoo.checkpoint import NAME as CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from zoo.distributed import rank_and_world
-from zoo.model import Ensemble, ZooModel, feature_size, to_device
+from zoo.model import FEATURIZE_ROWS, Ensemble, ZooModel, feature_size, to_device
 from zoo.registry import TaskSpec
 from zoo.tables import read_dataset
 
@@ -81,16 +81,21 @@ def prepare(model: ZooModel, rows: list[dict], progress: bool = True, data_sha25
         skipped = list(zip(extra["skipped"].tolist(), extra["reasons"].tolist()))
     else:
         features, kept, skipped = [], [], []
-        for i, row in enumerate(tqdm(rows, desc="featurize", unit="row", disable=None if progress else True,
-                                     leave=False)):
-            if np.isnan(targets[i]).all():
-                skipped.append((i, f"no target in {', '.join(repr(c) for c in spec.head.targets.values())}"))
-                continue
-            try:
-                features.append(model.featurize(row))
-                kept.append(i)
-            except InputError as err:
-                skipped.append((i, str(err)))
+        no_target = f"no target in {', '.join(repr(c) for c in spec.head.targets.values())}"
+        with tqdm(total=len(rows), desc="featurize", unit="row", disable=None if progress else True,
+                  leave=False) as bar:
+            for start in range(0, len(rows), FEATURIZE_ROWS):  # in chunks, for encoders that batch (CHGNet)
+                chunk = range(start, min(start + FEATURIZE_ROWS, len(rows)))
+                usable = [i for i in chunk if not np.isnan(targets[i]).all()]
+                skipped += [(i, no_target) for i in sorted(set(chunk) - set(usable))]
+                for i, (f, err) in zip(usable, model.featurize_rows([rows[i] for i in usable])):
+                    if err is None:
+                        features.append(f)
+                        kept.append(i)
+                    else:
+                        skipped.append((i, str(err)))
+                bar.update(len(chunk))
+        skipped.sort(key=lambda item: item[0])  # in row order, as reported
         if cached and kept:
             save_features(cached, features, feature_types(model), {
                 "kept": np.array(kept, dtype=np.int64), "skipped": np.array([i for i, _ in skipped], dtype=np.int64),
