@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from rdkit import Chem, RDLogger
-from rdkit.Chem import Descriptors
+from rdkit.Chem.rdMolDescriptors import CalcExactMolWt
 from torch import nn
 
 from encoders.base import Fraction, InputError, PositiveInt, Tokens, register_encoder
@@ -129,4 +129,4 @@ class MoleculeMassEncoder(_MassToken):
             mol = None
         if mol is None or mol.GetNumAtoms() == 0:
             raise InputError("molecule", f"cannot parse SMILES {raw.strip()[:60]!r}")
-        return Mass(np.array([Descriptors.ExactMolWt(mol), 0.0, 0.0], np.float32), 0)
+        return Mass(np.array([CalcExactMolWt(mol), 0.0, 0.0], np.float32), 0)

@@ -5,7 +5,6 @@ from collections import defaultdict
 
 import numpy as np
 from rdkit import Chem
-from rdkit.Chem.Scaffolds import MurckoScaffold
 
 
 def random_split(keys: list, fractions: tuple[float, float, float], seed: int) -> tuple[np.ndarray, ...]:
@@ -21,6 +20,8 @@ def scaffold_split(smiles: list[str], fractions: tuple[float, float, float], see
     Scaffold sets too big for half the validation or test set go to training first; the rest are shuffled.
     Molecules that do not parse share one scaffold (the empty one).
     """
+    from rdkit.Chem.Scaffolds import MurckoScaffold  # imports all of AllChem: only when a split needs it
+
     groups: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(smiles):
         mol = Chem.MolFromSmiles(s) if isinstance(s, str) else None

@@ -26,7 +26,7 @@ from safetensors.torch import load as load_safetensors, save_file
 
 from encoders import ZooError
 from zoo.model import Ensemble, ZooModel, build_model
-from zoo.registry import Registry, TaskSpec, load_registry, validate_task
+from zoo.registry import Registry, TaskSpec, load_registry, safe_yaml, validate_task
 
 BUNDLED = Path(__file__).resolve().parent / "weights"
 FILES = ("config.yaml", "model.safetensors", "metrics.json", "card.md")
@@ -157,7 +157,7 @@ def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu", m
     if not config_path.is_file():
         raise ZooError(f"{path}: not a SciZoo model folder (no config.yaml)")
     try:
-        config = yaml.safe_load(config_path.read_text())  # safe_load: a config cannot construct Python objects
+        config = safe_yaml(config_path.read_text())  # safe: a config cannot construct Python objects
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ZooError(f"{config_path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(config, dict) or not isinstance(config.get("task"), dict):

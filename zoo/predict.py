@@ -27,7 +27,7 @@ from encoders import ZooError
 from zoo.artifacts import atomic_write, atomic_write_text, exclusive
 from zoo.distributed import barrier, rank_and_world
 from zoo.model import ZooModel
-from zoo.tables import BLOCK, TableWriter, iter_table, read_rows, table_format
+from zoo.tables import BLOCK, TableWriter, float_column, iter_table, read_rows, table_format, text_column
 
 MANIFEST = "manifest.json"  # in the parts folder: what the run that made the parts predicted, for --resume
 
@@ -91,8 +91,8 @@ def _output_columns(model: ZooModel, results: list[dict], names: dict[str, str])
     def cell(value):
         return value if value is None or isinstance(value, str) else json.dumps(value)
 
-    return {names[k]: pa.array([r.get(k) for r in results], pa.float32()) if k in model.head.numeric
-            else pa.array([cell(r.get(k)) for r in results], pa.string()) for k in model.head.outputs}
+    return {names[k]: float_column([r.get(k) for r in results]) if k in model.head.numeric
+            else text_column([cell(r.get(k)) for r in results]) for k in model.head.outputs}
 
 
 def _rank(model: ZooModel, candidates: Path, top: int, batch_size: int):
@@ -192,7 +192,7 @@ def predict_table(model: ZooModel, path: str | Path, output: str | Path | None =
     def predicted(batch: pa.RecordBatch) -> pa.Table:
         results = predict(batch.to_pylist())
         columns = _output_columns(model, results, names)
-        columns[names["error"]] = pa.array([r.get("error") for r in results], pa.string())
+        columns[names["error"]] = text_column([r.get("error") for r in results])
         table = pa.Table.from_batches([batch])
         for name, values in columns.items():
             table = table.append_column(name, values)
