@@ -43,6 +43,7 @@ class _ScalarOutputs:
 
     targets: list[str]
     columns: list[str]
+    describe_uses_features = False  # ``describe`` needs only the values (so prediction need not carry features)
 
     def read_targets(self, rows: list[dict]) -> np.ndarray:
         return scalar_targets(rows, self.columns)
@@ -121,6 +122,7 @@ class TokenClassificationHead(nn.Module):
         super().__init__()
         self.targets, self.column, self.input = list(targets), next(iter(targets.values())), input
         self.outputs, self.numeric = ["entities", "warning"], []
+        self.describe_uses_features = True  # entity offsets come from the text's features
         self.tags = tag_names(labels)
         self.labels = list(labels)
         self.classify = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, len(self.tags)))
@@ -190,6 +192,7 @@ class ContrastiveHead(nn.Module):
                  temperature: PositiveFloat = 0.07, hidden: Annotated[int, Ge(0)] = 0):
         super().__init__()
         self.targets, self.outputs, self.numeric = [], ["matches"], []
+        self.describe_uses_features = False
         self.sides = [[query] if isinstance(query, str) else list(query),
                       [candidate] if isinstance(candidate, str) else list(candidate)]
         self.query, self.candidate = self.sides[0][0], self.sides[1][0]  # each side's first input names it
@@ -261,6 +264,7 @@ class ClassificationHead(nn.Module):
         self.targets, self.column, self.classes = list(targets), next(iter(targets.values())), list(classes)
         self.outputs = [self.targets[0], f"{self.targets[0]}_probability"]
         self.numeric = self.outputs[1:]
+        self.describe_uses_features = False
         self.mlp = _mlp(dim, hidden, len(classes), dropout)
 
     def read_targets(self, rows: list[dict]) -> np.ndarray:

@@ -30,9 +30,10 @@ def info(name: str, registry: str | os.PathLike | None = None, overrides: dict |
 
 
 def load(name_or_path: str | os.PathLike, registry: str | os.PathLike | None = None,
-         device: str = "cpu", merge: bool = True) -> ZooModel | Ensemble:
+         device: str = "auto", merge: bool = True) -> ZooModel | Ensemble:
     """A trained model from a folder or a registry task name (explicit folder > $ZOO_HOME > bundled > hf://),
-    for prediction: LoRA deltas are merged into their backbones unless ``merge=False`` (to train it further)."""
+    for prediction: LoRA deltas are merged into their backbones unless ``merge=False`` (to train it further).
+    ``device``: ``auto`` (the GPU when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     return _load(name_or_path, load_registry(registry) if registry else None, device, merge)
 
 

@@ -25,7 +25,7 @@ from torch.overrides import TorchFunctionMode
 from safetensors.torch import load as load_safetensors, save_file
 
 from encoders import ZooError
-from zoo.model import Ensemble, ZooModel, build_model
+from zoo.model import Ensemble, ZooModel, build_model, resolve_device
 from zoo.registry import Registry, TaskSpec, load_registry, safe_yaml, validate_task
 
 BUNDLED = Path(__file__).resolve().parent / "weights"
@@ -144,7 +144,7 @@ def save(model: ZooModel | Ensemble, out: Path, metrics: dict, data_sha256: str 
     return out
 
 
-def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu", merge: bool = True) -> ZooModel | Ensemble:
+def load_artifact(path: str | os.PathLike, device: str | torch.device = "auto", merge: bool = True) -> ZooModel | Ensemble:
     """A model folder -> the model, checked before anything is built from it: config.yaml is plain YAML
     naming only registered types, model.safetensors has the sha256 config.yaml records, and every tensor
     has the name, shape and dtype the model expects, and finite values. The expected shapes come from a build
@@ -184,7 +184,7 @@ def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu", m
         for encoder in model.modules():
             if hasattr(encoder, "merge_lora"):
                 encoder.merge_lora()
-    return model.to(device).eval()
+    return model.to(resolve_device(device)).eval()
 
 
 class _ShapesOnly(TorchFunctionMode):
@@ -267,7 +267,7 @@ def download(url: str, into: Path) -> Path:
     return into
 
 
-def load(name_or_path: str | os.PathLike, registry: Registry | None = None, device: str = "cpu",
+def load(name_or_path: str | os.PathLike, registry: Registry | None = None, device: str | torch.device = "auto",
          merge: bool = True) -> ZooModel | Ensemble:
     """A trained model from a folder, or from a registry task name (weights resolved as above); ``merge`` as in
     ``load_artifact``."""

@@ -98,7 +98,7 @@ def cmd_predict(args) -> int:
     elif args.resume:
         raise ZooError("--resume needs --output: it continues the parts an interrupted run left beside it")
     registry = load_registry(args.registry)
-    model = load(args.task, registry)
+    model = load(args.task, registry, device=args.device)
     with process_group():
         summary = predict_table(model, args.input, args.output, chunk_rows=args.chunk_rows,
                                 batch_size=args.batch_size, candidates=args.candidates, top=args.top,
@@ -142,7 +142,9 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--chunk-rows", type=int, default=4096, help="rows read and written at a time")
     predict.add_argument("--candidates", help="retrieval tasks: the table of candidates to rank for each row")
     predict.add_argument("--top", type=int, default=10, help="retrieval tasks: how many candidates to list")
-    predict.add_argument("--workers", type=int, default=0, help="featurize in this many worker processes")
+    predict.add_argument("--workers", default="0", help="processes that featurize and collate the next chunks "
+                         "while the model runs (auto: one per core; default 0: in the main process)")
+    predict.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N")
     predict.add_argument("--resume", action="store_true",
                          help="keep the chunks an interrupted run into the same --output finished (refused "
                               "if that run had another input, chunk size, model or candidates)")

@@ -6,14 +6,14 @@ It also owns the row-level data path (``featurize`` -> ``collate``) so training 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
-from typing import Any
+import os
+from typing import Any, Iterator, NamedTuple, Protocol
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from encoders import InputError, Tokens, ZooError, build_encoder
 from encoders.base import featurize_cells
@@ -61,9 +61,43 @@ def size_batches(sizes: list[int], batch_size: int, tokens: int | None) -> list[
     return bounds
 
 
-# Rows featurized together: enough for an encoder's batched backbone (CHGNet) and a worker's unit of work, few
-# enough that workers share a small table.
+# Rows training featurizes together: enough for an encoder's batched backbone (CHGNet).
 FEATURIZE_ROWS = 64
+
+# Rows prepared together by ``Inference.predict``: a worker's unit of work, and the window rows are sorted by size
+# in (a wider window pads less; predict_table's chunks are its --chunk-rows).
+PREPARE_ROWS = 1024
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto``: the GPU when there is one (under torchrun, this process's: LOCAL_RANK), else the CPU; ``cpu``,
+    ``cuda``, ``cuda:N`` as torch reads them. A GPU asked for and not there is a ZooError."""
+    if str(device) == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ZooError(f"device {device!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ZooError(f"device {str(device)!r}: torch sees no CUDA GPU here (use --device cpu or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ZooError(f"device {str(device)!r}: there are {torch.cuda.device_count()} CUDA GPUs")
+    return device
+
+
+def resolve_workers(workers: int | str) -> int:
+    """Worker processes for featurizing: ``auto`` is one per core this process may run on."""
+    if workers == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        count = int(workers)
+    except ValueError:
+        raise ZooError(f"workers {workers!r}: expected a number or auto") from None
+    if count < 0:
+        raise ZooError(f"workers {count}: expected 0 (featurize in this process) or more")
+    return count
 
 
 def to_device(batch, device: torch.device):
@@ -74,58 +108,113 @@ def to_device(batch, device: torch.device):
     return batch
 
 
+class Prepared(NamedTuple):
+    """A chunk of rows made ready for the model: what runs off the main process."""
+
+    chunk: int                                    # which chunk of the input
+    rows: int                                     # how many rows it has
+    errors: dict[int, str]                        # {row in the chunk: why it failed}
+    batches: list[tuple[list[int], list | None, dict]]  # (rows, their features or None, the collated batch)
+
+
+class ChunkSource(Protocol):
+    """(chunk number, rows) of an input, in order; iterable more than once (each worker process reads it)."""
+
+    def __iter__(self) -> Iterator[tuple[int, list[dict]]]: ...
+
+
+class RowChunks:
+    """A list of rows, ``size`` at a time."""
+
+    def __init__(self, rows: list[dict], size: int = PREPARE_ROWS):
+        self.rows, self.size = rows, size
+
+    def __iter__(self):
+        for k, start in enumerate(range(0, len(self.rows), self.size)):
+            yield k, self.rows[start : start + self.size]
+
+
+class _Prepare(IterableDataset):
+    """``prepare`` over a source's chunks; worker w of W takes chunks w, w + W, ... and the DataLoader returns
+    them in order."""
+
+    def __init__(self, model: "Inference", source: ChunkSource, batch_size: int, tokens: int | None):
+        self.model, self.source, self.batch_size, self.tokens = model, source, batch_size, tokens
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        for k, (chunk, rows) in enumerate(self.source):
+            if k % workers == worker:
+                yield self.model.prepare(chunk, rows, self.batch_size, self.tokens)
+
+
 class Inference:
     """The batch data path of a model (one, or an ensemble): rows -> features -> batches -> head outputs, over its
-    ``featurize_rows``, ``collate``, ``forward`` and ``head``."""
+    ``featurize_rows``, ``collate``, ``forward`` and ``head``.
+
+    The CPU side (``prepare``: featurize, sort by size, batch, collate) runs per chunk of rows, in DataLoader
+    worker processes when there are workers: they prepare the next chunks while the model runs this one, and
+    hand over only collated tensors (in shared memory; pinned for a GPU), which cost little to pass."""
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def _featurize_chunk(self, items: list[tuple[int, dict]]) -> list[tuple[int, dict | None, str | None]]:
-        # Errors go back as text: an InputError does not survive the pickling from a worker process.
-        done = self.featurize_rows([row for _, row in items])
-        return [(i, features, None if err is None else str(err)) for (i, _), (features, err) in zip(items, done)]
-
-    @torch.no_grad()
-    def _run(self, rows: list[dict], batch_size: int, workers: int = 0, tokens: int | None = BATCH_TOKENS):
-        """(errors {row: why}, then batches of (row indices, features, raw head output)) over ``rows``.
-
-        Rows are featurized FEATURIZE_ROWS at a time (``featurize_rows``), each chunk in a DataLoader worker
-        process when ``workers`` > 0. Rows are batched by size (fewer padded
-        tokens for text and crystals), at most ``batch_size`` rows and ``tokens`` padded tokens a batch
-        (``size_batches``); callers put results back by row index."""
-        self.eval()
-        items = list(enumerate(rows))
-        chunks = [items[start : start + FEATURIZE_ROWS] for start in range(0, len(items), FEATURIZE_ROWS)]
-        featurized = (DataLoader(chunks, batch_size=None, num_workers=workers, collate_fn=self._featurize_chunk)
-                      if workers else map(self._featurize_chunk, chunks))
+    def prepare(self, chunk: int, rows: list[dict], batch_size: int = 256,
+                tokens: int | None = BATCH_TOKENS) -> Prepared:
+        """Featurize ``rows`` (``featurize_rows``), sort them by size and collate batches of at most
+        ``batch_size`` rows and ``tokens`` padded tokens (``size_batches``). A batch keeps its rows' features
+        only when the head's ``describe`` reads them: passing features between processes costs as much as
+        making them."""
         good, errors = [], {}
-        for i, features, why in itertools.chain.from_iterable(featurized):
-            if why is None:
+        for i, (features, err) in enumerate(self.featurize_rows(rows)):
+            if err is None:
                 good.append((i, features))
             else:
-                errors[i] = why
-        yield errors
+                errors[i] = str(err)
         good.sort(key=lambda item: feature_size(item[1]))
+        batches = []
         for start, end in size_batches([feature_size(f) for _, f in good], batch_size, tokens):
-            chunk = good[start:end]
-            batch = to_device(self.collate([f for _, f in chunk]), self.device)
-            yield [i for i, _ in chunk], [f for _, f in chunk], self(batch)
+            features = [f for _, f in good[start:end]]
+            batches.append(([i for i, _ in good[start:end]], features if self.head.describe_uses_features else None,
+                            self.collate(features)))
+        return Prepared(chunk, len(rows), errors, batches)
 
-    def predict(self, rows: list[dict], batch_size: int = 256, workers: int = 0,
+    def prepared(self, source: ChunkSource, batch_size: int = 256, workers: int = 0,
+                 tokens: int | None = BATCH_TOKENS) -> Iterator[Prepared]:
+        """``prepare`` over each chunk of ``source`` in order: here, or ahead of the caller in ``workers``
+        processes."""
+        if not workers:
+            return (self.prepare(chunk, rows, batch_size, tokens) for chunk, rows in source)
+        return iter(DataLoader(_Prepare(self, source, batch_size, tokens), batch_size=None, num_workers=workers,
+                               pin_memory=self.device.type == "cuda"))
+
+    @torch.no_grad()
+    def outputs(self, prepared: Prepared) -> Iterator[tuple[list[int], list | None, torch.Tensor]]:
+        """(rows, features or None, raw head output) of each batch of a prepared chunk."""
+        self.eval()
+        for index, features, batch in prepared.batches:
+            yield index, features, self(to_device(batch, self.device))
+
+    def describe(self, prepared: Prepared) -> list[dict[str, Any]]:
+        """Each row's output columns from the head (``{target: value}``, or entities), or ``{"error": why}``."""
+        results: list[dict[str, Any]] = [{} for _ in range(prepared.rows)]
+        for i, why in prepared.errors.items():
+            results[i] = {"error": why}
+        for index, features, raw in self.outputs(prepared):
+            values = self.head.decode(raw).float().cpu().numpy()
+            for k, (i, v) in enumerate(zip(index, values)):
+                results[i] = self.head.describe(v, features and features[k])
+        return results
+
+    def predict(self, rows: list[dict], batch_size: int = 256, workers: int | str = 0,
                 tokens: int | None = BATCH_TOKENS) -> list[dict[str, Any]]:
         """Each row's output columns from the head (``{target: value}``, or entities), or ``{"error": why}``.
-        Batches hold at most ``batch_size`` rows and ``tokens`` padded tokens (None: rows only)."""
-        run = self._run(rows, batch_size, workers, tokens)
-        results: list[dict[str, Any]] = [{} for _ in rows]
-        for i, why in next(run).items():
-            results[i] = {"error": why}
-        for index, features, raw in run:
-            values = self.head.decode(raw).float().cpu().numpy()
-            for i, f, v in zip(index, features, values):
-                results[i] = self.head.describe(v, f)
-        return results
+        Batches hold at most ``batch_size`` rows and ``tokens`` padded tokens (None: rows only); ``workers``
+        processes (or ``auto``: one per core) featurize."""
+        return [result for prepared in self.prepared(RowChunks(rows), batch_size, resolve_workers(workers), tokens)
+                for result in self.describe(prepared)]
 
     def embed(self, rows: list[dict], side: str, batch_size: int = 256,
               tokens: int | None = BATCH_TOKENS) -> tuple[np.ndarray, dict[int, str]]:
@@ -134,14 +223,13 @@ class Inference:
         if not hasattr(self.head, "query"):
             raise ZooError(f"task {self.spec.name!r} has no embeddings to rank: its head is {self.spec.head.type}")
         column = 0 if side == self.head.query else 1
-        run = self._run(rows, batch_size, tokens=tokens)
-        errors = next(run)
+        prepared = self.prepare(0, rows, batch_size, tokens)
         out = None
-        for index, _, raw in run:
+        for index, _, raw in self.outputs(prepared):
             values = raw[:, column].float().cpu().numpy()
             out = np.full((len(rows), values.shape[1]), np.nan, np.float32) if out is None else out
             out[index] = values
-        return (out if out is not None else np.zeros((len(rows), 0), np.float32)), errors
+        return (out if out is not None else np.zeros((len(rows), 0), np.float32)), prepared.errors
 
 
 class ZooModel(Inference, nn.Module):

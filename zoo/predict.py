@@ -15,8 +15,10 @@ import itertools
 import json
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +28,7 @@ from tqdm.auto import tqdm
 from encoders import ZooError
 from zoo.artifacts import atomic_write, atomic_write_text, exclusive
 from zoo.distributed import barrier, rank_and_world
-from zoo.model import ZooModel
+from zoo.model import Prepared, ZooModel, resolve_workers
 from zoo.tables import BLOCK, TableWriter, float_column, iter_table, read_rows, table_format, text_column
 
 MANIFEST = "manifest.json"  # in the parts folder: what the run that made the parts predicted, for --resume
@@ -164,11 +166,33 @@ def _open_parts(parts: Path, run: dict, resume: bool, rank: int) -> None:
                        "rerun without --resume to start over")
 
 
+@dataclass(frozen=True)
+class TableChunks:
+    """The chunks of a table that this process predicts: every ``world``-th from ``rank``, less those ``done``
+    (their parts are there from an interrupted run). A ``ChunkSource``: each worker reads the file itself."""
+
+    path: Path
+    chunk_rows: int
+    rank: int = 0
+    world: int = 1
+    done: frozenset[int] = frozenset()
+
+    def wanted(self, chunk: int) -> bool:
+        return chunk % self.world == self.rank and chunk not in self.done
+
+    def __iter__(self):
+        for chunk, batch in enumerate(iter_table(self.path, self.chunk_rows)):
+            if self.wanted(chunk):
+                yield chunk, batch.to_pylist()
+
+
 def predict_table(model: ZooModel, path: str | Path, output: str | Path | None = None, chunk_rows: int = 4096,
                   batch_size: int = 256, progress: bool = True, candidates: str | Path | None = None,
-                  top: int = 10, resume: bool = False, workers: int = 0) -> Summary:
+                  top: int = 10, resume: bool = False, workers: int | str = 0) -> Summary:
     """Predict every row of a table; for a retrieval task, rank the rows of ``candidates`` for each row.
 
+    ``workers`` processes (``auto``: one per core) featurize and collate the next chunks while the model runs
+    this one (``Inference.prepared``), and a thread writes each chunk out, so neither waits on the model.
     With an output file, each chunk of rows is first written as its own part (Arrow IPC, atomically) in
     ``.<output>.parts/``, and the parts are joined in input order at the end: ``resume`` keeps the parts
     an interrupted run of the same input, chunk size, model and candidates finished (and refuses another
@@ -180,8 +204,8 @@ def predict_table(model: ZooModel, path: str | Path, output: str | Path | None =
     if hasattr(model.head, "query") and candidates is None:
         raise ZooError(f"task {model.spec.name!r} ranks candidates: give --candidates TABLE "
                        f"(with column {model.spec.inputs[model.head.candidate].column!r})")
-    predict = _rank(model, Path(candidates), top, batch_size) if candidates else (
-        lambda rows: model.predict(rows, batch_size=batch_size, workers=workers))
+    workers = resolve_workers(workers)
+    rank_rows = _rank(model, Path(candidates), top, batch_size) if candidates else None
     batches = iter_table(path, chunk_rows)
     first = next(batches, None)
     if first is None:
@@ -189,8 +213,13 @@ def predict_table(model: ZooModel, path: str | Path, output: str | Path | None =
     _check_columns(model, first.schema, path)
     names = _output_names(model, first.schema.names)
 
-    def predicted(batch: pa.RecordBatch) -> pa.Table:
-        results = predict(batch.to_pylist())
+    def predicted(stream: Iterator[Prepared] | None, chunk: int, batch: pa.RecordBatch) -> pa.Table:
+        if stream is None:
+            results = rank_rows(batch.to_pylist())
+        else:
+            prepared = next(stream)
+            assert prepared.chunk == chunk, (prepared.chunk, chunk)  # the workers' chunks come back in order
+            results = model.describe(prepared)
         columns = _output_columns(model, results, names)
         columns[names["error"]] = text_column([r.get("error") for r in results])
         table = pa.Table.from_batches([batch])
@@ -202,8 +231,9 @@ def predict_table(model: ZooModel, path: str | Path, output: str | Path | None =
     bar = tqdm(desc=f"predict {model.spec.name}", unit="row", disable=None if progress else True)
     if output is None:  # stdout: stream as we go
         summary, writer = Summary(), None
-        for batch in chunks:
-            table = predicted(batch)
+        stream = None if candidates else model.prepared(TableChunks(path, chunk_rows), batch_size, workers)
+        for i, batch in enumerate(chunks):
+            table = predicted(stream, i, batch)
             summary.add(table.column(names["error"]))
             writer = writer or TableWriter(None, table.schema)
             writer.write(table)
@@ -222,14 +252,21 @@ def predict_table(model: ZooModel, path: str | Path, output: str | Path | None =
            "candidates": candidates and _fingerprint(Path(candidates)), "top": top if candidates else None}
     with lock:
         _open_parts(parts, run, resume, rank)
-        n_chunks = 0
-        for i, batch in enumerate(chunks):
-            n_chunks = i + 1
-            part = parts / f"part-{i:07d}.arrow"
-            if i % world == rank and not part.is_file():
-                table = predicted(batch)
-                atomic_write(part, lambda tmp: _write_ipc(tmp, table))
-            bar.update(len(batch))
+        source = TableChunks(path, chunk_rows, rank, world, frozenset(int(p.stem[5:]) for p in parts.glob("part-*.arrow")))
+        stream = None if candidates else model.prepared(source, batch_size, workers)
+        n_chunks, written = 0, None
+        with ThreadPoolExecutor(1) as writer:  # a part is written while the model runs the next chunk
+            for i, batch in enumerate(chunks):
+                n_chunks = i + 1
+                if source.wanted(i):
+                    table = predicted(stream, i, batch)
+                    if written is not None:
+                        written.result()  # one part in flight at a time, and its error raised here
+                    written = writer.submit(atomic_write, parts / f"part-{i:07d}.arrow",
+                                            lambda tmp, table=table: _write_ipc(tmp, table))
+                bar.update(len(batch))
+            if written is not None:
+                written.result()
         bar.close()
         barrier()
         summary = Summary()
