@@ -1,12 +1,17 @@
-"""Throughput and memory: batch inference rows/s and peak RSS against table size, training samples/s.
+"""Throughput and memory, as ratios to the bare library doing the same work, measured in one run.
 
-    python benchmarks/throughput.py [--rows [50000 200000 ...]] [--train] [--text [SENTENCES]] [--crystal [N]]
+    python benchmarks/throughput.py [--rows [N]] [--workers 0 1 2 auto] [--device cpu|cuda] [--startup]
+                                    [--featurizer] [--train] [--text [SENTENCES]] [--crystal [N]]
 
-Inference: ``zoo predict molecule-solubility`` (the bundled model) in a fresh process over a generated
-molecule table with one bad row in 50; the child reports its own peak RSS (getrusage). Memory should stay flat
-as the table grows, since rows stream through in chunks. Training: samples/s of one epoch per task family
-on generated rows (molecules; words for the text tagger), on this machine's CPU threads. On a GPU machine
-the training part also reports the bf16 autocast speed-up.
+Molecules (default 200,000 rows): ``zoo predict molecule-solubility`` (the bundled model) in a fresh process over
+a generated table with one bad row in 50, at each ``--workers`` count, each beside bare ``Chem.MolFromSmiles``
+over the same SMILES in as many processes as featurize (one for ``--workers 0``): rows/s, the ratio to bare
+parsing, the speed-up over the first worker count, peak RSS of the main process and peak PSS of all, and whether
+the output is byte for byte the first count's. ``--featurizer``: molecules/s of our featurizer against bare
+parsing and chemprop's (``benchmarks/featurizer.py``). ``--startup``: a 5-row prediction's wall time beside
+``import torch``'s. Training (``--train``): samples/s of one epoch per task family on generated rows
+(molecules; words for the text tagger), on this machine's CPU threads; on a GPU machine also the bf16 speed-up.
+Each run updates only its own sections of the results file.
 
 Text (``--text``, needs ``ZOO_DATA`` holding ``bioner_jnlpba/test.tsv``): ``zoo predict bio-ner`` in a fresh
 process over the first 2,000 JNLPBA test sentences (a JSONL of word lists), against a bare forward of the same
@@ -40,29 +45,129 @@ CHILD = ("import resource, sys; from zoo.cli import main; rc = main(sys.argv[1:]
          "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
 
 
+def run_sampled(argv: list[str]) -> tuple[subprocess.CompletedProcess, float | None]:
+    """Run a command, sampling its process tree's memory every 0.2 s: (the finished process, the peak of the
+    tree's summed PSS in MB, which counts pages shared by forked workers once; None without psutil)."""
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    proc = subprocess.Popen(argv, cwd=HERE.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while psutil and proc.poll() is None:
+        try:
+            tree = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
+            peak = max(peak, sum(p.memory_full_info().pss for p in tree))
+        except psutil.Error:  # a process ended while being read
+            pass
+        time.sleep(0.2)
+    out, err = proc.communicate()
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err), (round(peak / 2**20, 1) if psutil else None)
+
+
+def table_smiles(i: int) -> str:
+    return "C1CC" if i % 50 == 49 else SMILES[i % len(SMILES)]
+
+
 def write_table(path: Path, n: int) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "smiles"])
         for i in range(n):
-            w.writerow([i, "C1CC" if i % 50 == 49 else SMILES[i % len(SMILES)]])
+            w.writerow([i, table_smiles(i)])
 
 
-def predict_run(n: int, work: Path) -> dict:
-    table, out = work / f"mols-{n}.csv", work / f"pred-{n}.csv"
-    write_table(table, n)
+def predict_run(table: Path, out: Path, workers: str = "0", device: str = "cpu") -> dict:
+    """``zoo predict molecule-solubility`` over ``table`` in a fresh process: rate over the whole process
+    (start, load, predict, write), peak RSS of the main process and peak memory of it and its workers together."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", CHILD, "predict", "molecule-solubility", "--input", str(table),
-                           "--output", str(out)], cwd=HERE.parent, capture_output=True, text=True)
+    done, tree_pss = run_sampled([sys.executable, "-c", CHILD, "predict", "molecule-solubility", "--input", str(table),
+                                  "--output", str(out), "--workers", workers, "--device", device])
     wall = time.perf_counter() - start
     if done.returncode:
         raise SystemExit(done.stderr)
-    peak_kb = int(done.stderr.rsplit("maxrss_kb", 1)[1])
+    main_kb = int(done.stderr.rsplit("maxrss_kb", 1)[1])
     with open(out) as f:
         rows = list(csv.DictReader(f))
-    return {"rows": n, "output_rows": len(rows), "bad_rows_marked": sum(bool(r["error"]) for r in rows),
-            "rows_per_s": round(n / wall, 1), "wall_s": round(wall, 1), "peak_rss_mb": round(peak_kb / 1024, 1),
-            "predict_line": done.stderr.splitlines()[0]}
+    return {"workers": workers, "rows": len(rows), "bad_rows_marked": sum(bool(r["error"]) for r in rows),
+            "rows_per_s": round(len(rows) / wall, 1), "wall_s": round(wall, 1),
+            "peak_rss_mb": round(main_kb / 1024, 1), "peak_pss_all_processes_mb": tree_pss,
+            "predict_line": done.stderr.splitlines()[0][:160]}
+
+
+def _parse_chunk(smiles: list[str]) -> int:
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    return sum(Chem.MolFromSmiles(s) is not None for s in smiles)
+
+
+def bare_parse_rate(smiles: list[str], processes: int) -> float:
+    """SMILES/s of bare ``Chem.MolFromSmiles`` over ``smiles`` in ``processes`` processes (a fork pool, started
+    outside the timing), the bar prediction is measured against."""
+    import multiprocessing
+
+    chunks = [smiles[i : i + 4096] for i in range(0, len(smiles), 4096)]
+    if processes <= 1:
+        start = time.perf_counter()
+        for chunk in chunks:
+            _parse_chunk(chunk)
+        return len(smiles) / (time.perf_counter() - start)
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        pool.map(_parse_chunk, [SMILES] * processes)  # started and warm
+        start = time.perf_counter()
+        pool.map(_parse_chunk, chunks, chunksize=1)
+        return len(smiles) / (time.perf_counter() - start)
+
+
+def worker_processes(workers: str) -> int:
+    from zoo.model import resolve_workers
+
+    return max(1, resolve_workers(workers))
+
+
+def molecule_section(n: int, workers: list[str], device: str = "cpu") -> dict:
+    """``zoo predict`` over an n-row table at each worker count, against bare parsing of the same SMILES in as
+    many processes as featurize (1 for --workers 0), each pair measured back to back; outputs compared with
+    --workers 0's."""
+    smiles = [table_smiles(i) for i in range(n)]
+    report = {"rows": n, "device": device, "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        table = Path(tmp) / "mols.csv"
+        write_table(table, n)
+        for w in workers:
+            r = predict_run(table, Path(tmp) / f"out-{w}.csv", w, device)
+            r["processes"] = worker_processes(w)
+            r["bare_parse_per_s"] = round(bare_parse_rate(smiles, r["processes"]), 1)
+            r["predict_over_bare_parse"] = round(r["rows_per_s"] / r["bare_parse_per_s"], 3)
+            r["same_output_as_workers_0"] = (Path(tmp) / f"out-{w}.csv").read_bytes() == (Path(tmp) / f"out-{workers[0]}.csv").read_bytes()
+            report["runs"].append(r)
+            print(f"predict {n:,} rows, --workers {w} ({r['processes']} processes): {r['rows_per_s']:,.0f} rows/s = "
+                  f"{r['predict_over_bare_parse']:.2f} of bare parsing in as many ({r['bare_parse_per_s']:,.0f}/s); "
+                  f"peak RSS {r['peak_rss_mb']:,.0f} MB, all processes {r['peak_pss_all_processes_mb']} MB PSS; "
+                  f"same output as --workers {workers[0]}: {r['same_output_as_workers_0']}", flush=True)
+    base = report["runs"][0]["rows_per_s"]
+    report["speedup_over_first"] = {r["workers"]: round(r["rows_per_s"] / base, 2) for r in report["runs"]}
+    return report
+
+
+def startup_section(runs: int = 5) -> dict:
+    """Wall time of ``zoo predict molecule-solubility`` on a 5-row CSV in a fresh process, and of ``import torch``
+    alone, median of ``runs`` interleaved."""
+    import statistics
+
+    with tempfile.TemporaryDirectory() as tmp:
+        table = Path(tmp) / "five.csv"
+        table.write_text("smiles\nCCO\nc1ccccc1\nCC(=O)O\nOc1ccccc1\nC1CC\n")
+        walls = {"zoo predict, 5 rows": [], "import torch": []}
+        for _ in range(runs):
+            for name, argv in (("zoo predict, 5 rows", ["-m", "zoo", "predict", "molecule-solubility", "--input",
+                                                        str(table), "--output", str(Path(tmp) / "out.csv")]),
+                               ("import torch", ["-c", "import torch"])):
+                start = time.perf_counter()
+                subprocess.run([sys.executable, *argv], cwd=HERE.parent, capture_output=True, check=True)
+                walls[name].append(time.perf_counter() - start)
+    return {name: round(statistics.median(w), 2) for name, w in walls.items()}
 
 
 def jnlpba_sentences(n: int) -> list[dict]:
@@ -224,7 +329,13 @@ def train_rate(task: str, rows: list[dict], overrides: dict, bf16: bool = False)
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", type=int, nargs="*", default=[50_000, 200_000], help="none: skip this part")
+    p.add_argument("--rows", type=int, nargs="?", const=200_000, default=200_000,
+                   help="molecule prediction over this many rows (default 200,000); 0 skips it")
+    p.add_argument("--workers", nargs="+", default=["0", "1", "2", "auto"], help="worker counts to compare")
+    p.add_argument("--device", default="cpu", help="the device zoo predict runs on")
+    p.add_argument("--featurizer", action="store_true", help="also featurizer molecules/s against bare parsing "
+                   "and chemprop's (benchmarks/featurizer.py)")
+    p.add_argument("--startup", action="store_true", help="also a 5-row prediction's wall time")
     p.add_argument("--train", action="store_true", help="also measure training samples/s")
     p.add_argument("--text", type=int, nargs="?", const=2000, metavar="SENTENCES",
                    help="also measure zoo predict bio-ner over JNLPBA test sentences (default 2,000)")
@@ -234,13 +345,19 @@ def main() -> int:
     p.add_argument("--crystal-rounds", type=int, default=3)
     p.add_argument("--results", default=str(HERE / "results" / "throughput.json"))
     args = p.parse_args()
-    report = {"cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(), "predict": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for n in args.rows:
-            r = predict_run(n, Path(tmp))
-            report["predict"].append(r)
-            print(f"predict {n:>9,} rows: {r['rows_per_s']:>8,.0f} rows/s, peak RSS {r['peak_rss_mb']:,.0f} MB, "
-                  f"{r['output_rows']:,} rows out, {r['bad_rows_marked']:,} bad rows marked")
+    report = json.loads(Path(args.results).read_text()) if Path(args.results).is_file() else {}
+    report |= {"cpu_threads": torch.get_num_threads(), "cores": worker_processes("auto"),
+               "cuda": torch.cuda.is_available()}  # sections not run this time keep their last figures
+    if args.startup:
+        report["startup_s"] = startup_section()
+        print(f"startup: {report['startup_s']}")
+    if args.featurizer:
+        from featurizer import featurizer_section
+
+        report["featurizer"] = featurizer_section([table_smiles(i) for i in range(20_000)])
+        print(f"featurizer: {report['featurizer']}")
+    if args.rows:
+        report["predict"] = molecule_section(args.rows, args.workers, args.device)
     if args.train:
         molecules = [{"smiles": SMILES[i % len(SMILES)], "measured log solubility in mols per litre": i % 7}
                      for i in range(2000)]
