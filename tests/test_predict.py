@@ -156,3 +156,21 @@ def test_featurizing_in_worker_processes_gives_the_same_predictions(model_dir):
     model = zoo.load(model_dir)
     rows = [{"smiles": s} for s in [*TEXTBOOK, "C1CC", "", *reversed(TEXTBOOK)]]
     assert model.predict(rows, batch_size=7, workers=2) == model.predict(rows, batch_size=7)
+
+
+def test_numbers_in_a_csv_go_out_as_they_came_in(tmp_path):
+    """A CSV's cells are read as text (so no chunk decides a column's type), and written back unquoted where
+    nothing in the chunk needs quotes: "-0.77" and "1.50" stay numbers to the next reader, character for character."""
+    table = tmp_path / "typed.csv"
+    table.write_text("name,smiles,measured,id\nethanol,CCO,-0.77,007\nwater,O,1.50,9\n")
+    out = tmp_path / "out.csv"
+    assert main(["predict", "molecule-solubility", "--input", str(table), "--output", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert next(csv.reader(lines[:1])) == ["name", "smiles", "measured", "id", "logS", "error"]
+    assert lines[1].startswith("ethanol,CCO,-0.77,007,") and lines[2].startswith("water,O,1.50,9,")
+    noted = tmp_path / "noted.csv"  # a cell that needs quotes: the chunk is quoted, and reads back the same
+    noted.write_text('name,smiles,note\nethanol,CCO,"a, b"\nwater,O,"say ""hi"""\n')
+    assert main(["predict", "molecule-solubility", "--input", str(noted), "--output", str(out)]) == 0
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["note"] for r in rows] == ["a, b", 'say "hi"'] and rows[0]["name"] == "ethanol"

@@ -2,6 +2,8 @@
 output is the same as in one process, and the device and worker options read as documented."""
 from __future__ import annotations
 
+import csv
+
 import pytest
 import torch
 
@@ -36,8 +38,8 @@ def test_workers_write_the_same_table_as_the_main_process(table, tmp_path, suffi
 def test_workers_stream_to_stdout_in_input_order(table, capfd):
     assert main(["predict", "molecule-solubility", "--input", str(table), "--chunk-rows", "7",
                  "--workers", "2"]) == 0
-    lines = capfd.readouterr().out.splitlines()
-    assert [line.split(",")[0] for line in lines[1:]] == [f'"{i}"' for i in range(60)]
+    rows = list(csv.DictReader(capfd.readouterr().out.splitlines()))
+    assert [row["id"] for row in rows] == [str(i) for i in range(60)]
 
 
 def test_a_prepared_chunk_carries_features_only_for_a_head_that_describes_with_them():

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
@@ -178,18 +180,22 @@ def read_dataset(path: str | Path, reader: str = "table") -> list[dict]:
         raise ZooError(f"{path}: cannot read as {reader} ({str(err).splitlines()[0]})") from None
 
 
-def _flat(schema: pa.Schema) -> pa.Schema:
-    """CSV holds no lists or structs (a spectrum from a JSONL input): those columns become JSON text."""
-    return pa.schema([pa.field(f.name, pa.string()) if pa.types.is_nested(f.type) else f for f in schema])
+NEEDS_QUOTES = '[,"\r\n]'  # a CSV cell holding one of these must be quoted
 
 
-def _as_text(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+def _for_csv(batch: pa.RecordBatch | pa.Table) -> tuple[pa.Table, str]:
+    """The chunk with nested columns as JSON text, and its quoting: none where no name or text cell holds a
+    delimiter, quote or line break, so numbers read as text (``-4.5``, ``1.50``) go out as they came in,
+    unquoted (pyarrow quotes every string otherwise). Decided per chunk; either way the CSV reads back the same."""
     table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
     for i, field in enumerate(table.schema):
         if pa.types.is_nested(field.type):
             text = [None if v is None else json.dumps(v) for v in table.column(i).to_pylist()]
             table = table.set_column(i, pa.field(field.name, pa.string()), text_column(text))
-    return table
+    special = any(re.search(NEEDS_QUOTES, name) for name in table.schema.names) or any(
+        pc.any(pc.match_substring_regex(table.column(i), NEEDS_QUOTES)).as_py()
+        for i, field in enumerate(table.schema) if pa.types.is_string(field.type))
+    return table, "needed" if special else "none"
 
 
 class TableWriter:
@@ -201,19 +207,20 @@ class TableWriter:
         self.sink = open(path, "wb") if path else sys.stdout.buffer
         if self.kind == ".parquet":
             self.writer = pq.ParquetWriter(self.sink, schema)
-        elif self.kind == ".csv":
-            self.writer = pa_csv.CSVWriter(self.sink, _flat(schema))
         else:
             self.writer = None
+        self.header = True  # CSV: written with the first chunk (each chunk's column types may differ)
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
-        if self.writer is None:
+        if self.kind == ".csv":
+            table, quoting = _for_csv(batch)
+            pa_csv.write_csv(table, self.sink, pa_csv.WriteOptions(include_header=self.header, quoting_style=quoting))
+            self.header = False
+        elif self.writer is None:
             text = io.StringIO()
             for row in batch.to_pylist():
                 text.write(json.dumps(row, default=str) + "\n")
             self.sink.write(text.getvalue().encode())
-        elif self.kind == ".csv":
-            self.writer.write(_as_text(batch))
         else:
             self.writer.write(batch)  # a RecordBatch or a Table
         self.sink.flush()
