@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from rdkit import Chem, RDLogger
 from torch import nn
+from torch.nn import functional as F
 
 from encoders.base import Fraction, InputError, PositiveInt, Tokens, concat, pad_tokens, register_encoder, token_index
 
@@ -209,24 +210,37 @@ class MoleculeDMPNN(nn.Module):
         starts = np.cumsum(sizes) - sizes
         bonds = concat([g.bonds for _, g in present], np.int64, len(BOND_FEATURES))
         pairs = concat([g.pairs + s for (_, g), s in zip(present, starts)], np.int64, 2)
-        # Directed edge 2k runs begin->end of bond k and 2k+1 runs back, so an edge's reverse is index ^ 1.
+        # Directed edge 2k runs begin->end of bond k and 2k+1 runs back, so an edge's reverse is index ^ 1 and
+        # "bonds" holds one row per bond, k, for both of its edges.
         return {
             "atoms": concat([g.atoms for _, g in present], np.int64, len(ATOM_FEATURES)),
             "mass": concat([g.mass for _, g in present], np.float32).unsqueeze(-1),
-            "bonds": bonds.repeat_interleave(2, dim=0),
+            "bonds": bonds,
             "src": pairs.reshape(-1),
             "dst": pairs.flip(1).reshape(-1),
             **token_index([i for i, _ in present], sizes, len(graphs)),
         }
 
     def forward(self, batch: dict) -> Tokens:
+        # Chemprop's D-MPNN: h0(u->v) = W_i [x_u, e_uv]; h(u->v) = relu(h0 + W_m (sum of h(w->u) - h(v->u))), from
+        # relu(h0); each atom's token relu(W_o [x_v, sum of h(u->v)]). Sums of category embeddings are embedding
+        # bags (no [atoms, 8, D] tensor); an atom is embedded once for all its edges, a bond once for its two; an
+        # edge's reverse is its neighbour in its pair of rows, not a gather. The matrix products stay separate
+        # from the sums they join (no addmm), so under bf16 autocast the edge states stay float32, as before.
         atoms, mass, src, dst = batch["atoms"], batch["mass"], batch["src"], batch["dst"]
-        h0 = self.atom_in(atoms).sum(1)[src] + self.mass_in(mass)[src] + self.bond_in(batch["bonds"]).sum(1)
+        n_atoms, n_bonds, width = len(atoms), len(batch["bonds"]), self.out_dim
+        atom_h = F.embedding_bag(atoms, self.atom_in.weight, mode="sum") + self.mass_in(mass)
+        h0 = atom_h.index_select(0, src)
+        h0.view(n_bonds, 2, width).add_(F.embedding_bag(batch["bonds"], self.bond_in.weight, mode="sum").unsqueeze(1))
         h = torch.relu(h0)
-        reverse = torch.arange(len(src), device=src.device) ^ 1
         for _ in range(self.depth - 1):
-            incoming = torch.zeros(len(atoms), h.shape[1], dtype=h.dtype, device=h.device).index_add_(0, dst, h)
-            h = self.dropout(torch.relu(h0 + self.message(incoming[src] - h[reverse])))
-        incoming = torch.zeros(len(atoms), h.shape[1], dtype=h.dtype, device=h.device).index_add_(0, dst, h)
-        out = torch.relu(self.atom_out(atoms).sum(1) + self.mass_out(mass) + self.update_out(incoming))
+            incoming = h.new_zeros(n_atoms, width).index_add_(0, dst, h)
+            message = incoming.index_select(0, src)  # less each edge's reverse: 2k and 2k+1 are each other's
+            pair, h_pair = message.view(n_bonds, 2, width), h.view(n_bonds, 2, width)
+            pair[:, 0].sub_(h_pair[:, 1])
+            pair[:, 1].sub_(h_pair[:, 0])
+            h = self.dropout(torch.relu_(h0 + self.message(message)))
+        incoming = h.new_zeros(n_atoms, width).index_add_(0, dst, h)
+        out = F.embedding_bag(atoms, self.atom_out.weight, mode="sum") + self.mass_out(mass) + self.update_out(incoming)
+        out = torch.relu_(out)
         return pad_tokens(self.dropout(out), batch["row"], batch["pos"], batch["size"])

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from encoders import InputError
+from encoders.base import pad_tokens
 from encoders.molecule import MoleculeDMPNN
 
 
@@ -235,3 +236,72 @@ def test_getters_that_cost_an_enum_each_run_only_where_the_smiles_can_set_them(m
             MoleculeDMPNN.featurize(smiles)
     assert MoleculeDMPNN.featurize("F[C@H](Cl)Br").atoms[1, 3] - _REF_ATOM_OFFSETS[3] == 2  # CHI_TETRAHEDRAL_CCW
 
+
+# --- The D-MPNN forward against its first formula (per-category embeddings stacked and summed, every bond
+# embedded once per direction, each edge's reverse gathered by index): same tokens and same gradients. ----------
+
+def reference_forward(encoder: MoleculeDMPNN, batch: dict) -> torch.Tensor:
+    atoms, mass, src, dst = batch["atoms"], batch["mass"], batch["src"], batch["dst"]
+    bonds = batch["bonds"].repeat_interleave(2, dim=0)  # collate once gave one row per directed edge
+    h0 = encoder.atom_in(atoms).sum(1)[src] + encoder.mass_in(mass)[src] + encoder.bond_in(bonds).sum(1)
+    h = torch.relu(h0)
+    reverse = torch.arange(len(src), device=src.device) ^ 1
+    for _ in range(encoder.depth - 1):
+        incoming = torch.zeros(len(atoms), h.shape[1], dtype=h.dtype, device=h.device).index_add_(0, dst, h)
+        h = encoder.dropout(torch.relu(h0 + encoder.message(incoming[src] - h[reverse])))
+    incoming = torch.zeros(len(atoms), h.shape[1], dtype=h.dtype, device=h.device).index_add_(0, dst, h)
+    out = torch.relu(encoder.atom_out(atoms).sum(1) + encoder.mass_out(mass) + encoder.update_out(incoming))
+    return pad_tokens(encoder.dropout(out), batch["row"], batch["pos"], batch["size"]).x
+
+
+FORWARD_BATCH = ["CCO", None, "c1ccccc1", "[Na+].[Cl-]", "[He]", "CC(=O)Oc1ccccc1C(=O)O", "F[C@H](Cl)Br",
+                 "Cn1cnc2c1c(=O)n(C)c(=O)n2C", "C1CCCCCCCCCCCCCCCCC1", "C" * 60, None, "[2H]O[2H]", "N#[N+][O-]",
+                 "C[C@@]12CC[C@H]3[C@@H](CC=C4C[C@@H](O)CC[C@]34C)[C@@H]1CC[C@@H]2O"]
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_forward_equals_the_reference_forward_with_the_same_gradients(depth):
+    torch.manual_seed(depth)
+    encoder = MoleculeDMPNN(hidden=64, depth=depth)
+    for p in encoder.parameters():  # away from the default init, so that no term is near zero
+        torch.nn.init.normal_(p, std=0.3)
+    batch = encoder.collate([None if s is None else encoder.featurize(s) for s in FORWARD_BATCH])
+    got, want = encoder(batch).x, reference_forward(encoder, batch)
+    assert got.shape == want.shape and (got - want).abs().max() < 1e-5 * max(1.0, want.abs().max())
+    weights = torch.randn_like(want)
+    grads = [torch.autograd.grad((y * weights).sum(), list(encoder.parameters()), allow_unused=True)
+             for y in (got, want)]
+    for name, a, b in zip([n for n, _ in encoder.named_parameters()], *grads):
+        if b is None:  # the message weights at depth 1
+            assert a is None, name
+        else:
+            assert (a - b).abs().max() <= 1e-4 * max(1.0, b.abs().max()), name
+
+
+def test_forward_of_molecules_without_bonds_and_of_an_empty_batch():
+    encoder = MoleculeDMPNN(hidden=16, depth=3).eval()
+    batch = encoder.collate([encoder.featurize("[Na+].[Cl-]"), None, encoder.featurize("C")])
+    assert len(batch["bonds"]) == 0 and len(batch["src"]) == 0
+    tokens = encoder(batch)
+    assert tokens.mask.sum(1).tolist() == [2, 0, 1]
+    assert torch.allclose(tokens.x, reference_forward(encoder, batch), atol=1e-6)
+    assert encoder(encoder.collate([None, None])).x.shape == (2, 1, 16)
+
+
+def test_collate_keeps_one_bond_row_per_bond_and_two_edges():
+    graphs = [MoleculeDMPNN.featurize(s) for s in ("CCO", "c1ccccc1")]
+    batch = MoleculeDMPNN.collate(graphs)
+    assert batch["bonds"].shape == (2 + 6, len(BOND_FEATURES)) and batch["src"].shape == (2 * 8,)
+    assert torch.equal(batch["src"].view(-1, 2).flip(1).reshape(-1), batch["dst"])  # edge 2k+1 is 2k reversed
+
+
+def test_forward_under_bf16_autocast_keeps_the_reference_precision():
+    # Training autocasts to bf16 on CUDA: the matrix products run in bf16 while the edge states, and the tokens,
+    # stay float32 (an addmm would cast h0 to bf16 and make every state bf16). CPU autocast casts the same ops.
+    torch.manual_seed(0)
+    encoder = MoleculeDMPNN(hidden=64, depth=3)
+    batch = encoder.collate([None if s is None else encoder.featurize(s) for s in FORWARD_BATCH])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = encoder(batch).x, reference_forward(encoder, batch)
+    assert got.dtype == want.dtype == torch.float32
+    assert (got - want).abs().max() < 1e-3 * max(1.0, want.abs().max())
