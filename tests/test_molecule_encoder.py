@@ -305,3 +305,18 @@ def test_forward_under_bf16_autocast_keeps_the_reference_precision():
         got, want = encoder(batch).x, reference_forward(encoder, batch)
     assert got.dtype == want.dtype == torch.float32
     assert (got - want).abs().max() < 1e-3 * max(1.0, want.abs().max())
+
+
+def test_the_featurizer_benchmark_section_runs_on_a_few_smiles():
+    import sys
+
+    from tests.conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from featurizer import featurizer_section
+
+    report = featurizer_section(["CCO", "C1CC", "c1ccccc1O", "F[C@H](Cl)Br"], rounds=1)
+    assert report["smiles"] == 4 and report["parsed"] == report["featurized"] == 3
+    assert report["bare_parse_per_s"] > 0 and report["ours_per_s"] > 0 and report["ours_over_bare_parse"] > 0
+    assert isinstance(report["chemprop"], str)
+    assert ("chemprop_per_s" in report) == (not report["chemprop"].startswith("unavailable"))
