@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import matplotlib
@@ -173,6 +174,8 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
     own = next(iter(spec.bench.variants))  # the task as the registry writes it: the only one ever bundled
     if bundle and own not in chosen:
         raise ZooError(f"--bundle ships the task's own variant {own!r}: include it in --variants")
+    if bundle:
+        bundle_dir()  # an installed package is refused now, not after hours of training
     for variant, variant_overrides in chosen.items():  # before any training: a benchmark is scored on test sets
         data_spec = registry.task(task, {**base, **variant_overrides}).data
         if not data_spec.fractions[2] and not data_spec.test_file and data_spec.split != "matbench-kfold":
@@ -313,11 +316,26 @@ def _write(record: dict, runs: list[dict], spec: TaskSpec, results: Path, chosen
     print(f"wrote {results / f'{spec.name}.json'} and its plots")
 
 
+def bundle_dir() -> Path:
+    """Where ``--bundle`` writes: the package's ``weights`` folder, only in a source tree of scizoo (its
+    pyproject.toml beside the package), where git and the next wheel see the new weights. An installed package is
+    refused: weights written into site-packages would ship nowhere and be lost to the next install."""
+    root = BUNDLED.parent.parent
+    try:
+        name = tomllib.loads((root / "pyproject.toml").read_text())["project"]["name"]
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError):
+        name = None
+    if name != "scizoo":
+        raise ZooError(f"--bundle writes into a source tree of scizoo; this zoo is installed at {BUNDLED.parent} "
+                       "(no scizoo pyproject.toml beside it): run it from a clone installed with pip install -e .")
+    return BUNDLED
+
+
 def _bundle(spec: TaskSpec, runs: list[dict], work: Path, first: str, seed_name: str) -> None:
     """Ship the best-validation run of the task's own variant as its bundled weights (the artifact only)."""
     sign = -1 if METRICS[spec.metric].higher_is_better else 1
     best = min((r for r in runs if r["variant"] == first), key=lambda r: sign * r["val"][spec.metric])
-    target = BUNDLED / spec.name
+    target = bundle_dir() / spec.name
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(work / f"{first}-{best['seed']}", target,
                     ignore=shutil.ignore_patterns("metrics.jsonl", "checkpoint.pt", "tensorboard", "*.lock", "member-*"))

@@ -171,12 +171,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_bench(args) -> int:
-    from zoo.bench import bench_task  # with plotting and the baselines' libraries: only when bench runs
+    from zoo.bench import bench_task, bundle_dir  # with plotting and the baselines' libraries: only when bench runs
 
     registry = load_registry(args.registry)
     names = registry.names() if args.task == "all" else [registry.task(args.task).name]
     if args.bundle and args.quick:
         raise ZooError("--bundle ships weights: not from a --quick run")
+    if args.bundle:
+        bundle_dir()  # a source tree, or one line saying why not (for 'all', once)
     if args.data and len(names) > 1:
         raise ZooError("--data names one task's file: give a TASK, not 'all'")
     results = Path(args.results or ("benchmarks/results/quick" if args.quick else "benchmarks/results"))

@@ -23,7 +23,8 @@ from fusion import FUSIONS
 from tasks import HEADS, METRICS, READERS, SPLITS
 from tasks.baselines import BASELINES
 
-BUILTIN_REGISTRY = Path(__file__).resolve().parent.parent / "registry.yaml"
+# Inside the package, so an installed wheel has it; the repository's top-level registry.yaml links here.
+BUILTIN_REGISTRY = Path(__file__).resolve().parent / "registry.yaml"
 
 
 class Spec(BaseModel):
