@@ -44,8 +44,10 @@ def test_materials_property_predicts_cifs_and_reports_bad_structures(tmp_path, c
 
 
 def test_materials_bandgap_reports_unknown_elements_per_row(tmp_path, capsys):
-    folder = _saved("materials-bandgap", {"encoders.composition.dim": 16, "encoders.composition.heads": 2,
-                                          "fusion.dim": 16, "head.hidden": 16}, tmp_path)
+    # materials-bandgap reads its formula with composition-chgnet (the plain composition encoder is not in it)
+    folder = _saved("materials-bandgap", {"encoders.composition-chgnet.dim": 16, "encoders.composition-chgnet.heads": 2,
+                                          "encoders.composition-chgnet.layers": 1, "fusion.dim": 16,
+                                          "head.hidden": 16}, tmp_path)
     (tmp_path / "in.csv").write_text("composition\nNaCl\nXx2O\nGaAs\n")
     assert main(["predict", str(folder), "--input", str(tmp_path / "in.csv"),
                  "--output", str(tmp_path / "out.csv")]) == 0

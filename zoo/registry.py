@@ -184,17 +184,18 @@ class TaskSpec(Spec):
         return v
 
 
+def _params(cls: type) -> dict[str, inspect.Parameter]:
+    """The keyword-only arguments of a registered class: the params a registry component may give it."""
+    return {name: p for name, p in inspect.signature(cls).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
 def _check_params(where: str, key: str, registry: dict, spec: Component, skip: tuple[str, ...] = ()) -> None:
     """Validate a component's params against the keyword-only arguments of its registered class."""
     if spec.type not in registry:
         raise ZooError(f"{where}: key '{key}.type': unknown type {spec.type!r}; known: {', '.join(sorted(registry))}")
     cls = registry[spec.type]
     hints = typing.get_type_hints(cls.__init__, include_extras=True)  # extras: the bounds (PositiveInt, ...)
-    fields = {
-        name: (hints.get(name, typing.Any), p.default)
-        for name, p in inspect.signature(cls).parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in skip
-    }
+    fields = {name: (hints.get(name, typing.Any), p.default) for name, p in _params(cls).items() if name not in skip}
     model = create_model(f"{spec.type}-params", __config__=ConfigDict(extra="forbid"), **fields)
     try:
         model.model_validate(spec.params)
@@ -216,6 +217,68 @@ def _describe(err: ValidationError, prefix: str = "") -> str:
     why = {"extra_forbidden": "unknown key", "missing": "missing required key"}.get(first["type"], first["msg"])
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
     return f"key {key!r}: {why}{more}"
+
+
+# What a --set key walks through: a model's fields (a component's also its type's params), a map of names
+# (inputs, encoders, references, ...), or free-form values (a bench variant's overrides).
+_NOUNS = {"inputs": "input", "encoders": "encoder", "references": "reference", "targets": "target",
+          "variants": "variant", "files": "file", "quick": "key"}
+_COMPONENTS = {"fusion": FUSIONS, "head": HEADS, "encoders": ENCODERS}  # the registry a component's type is in
+
+
+@dataclass(frozen=True)
+class _Level:
+    kind: Literal["model", "map", "free"]
+    model: type[BaseModel] | None = None   # kind "model"
+    registry: dict | None = None           # kind "model", for a component: where its type's class is registered
+    value: _Level | None = None            # kind "map": what each name holds
+    noun: str = "name"                     # kind "map": what a name names
+
+
+def _level(annotation, field: str, registry: dict | None = None) -> _Level:
+    if typing.get_origin(annotation) is dict:
+        value = _level(typing.get_args(annotation)[1], field, _COMPONENTS.get(field))
+        return _Level("map", value=value, noun=_NOUNS.get(field, "name"))
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _Level("model", annotation, registry or _COMPONENTS.get(field))
+    return _Level("free")
+
+
+def _check_override(where: str, entry: dict, dotted: str) -> None:
+    """Refuse a ``--set`` key that names nothing in the task entry (as resolved so far: the registry's encoders
+    copied in, earlier overrides applied), in one line with the key and what there is at the level where it
+    goes astray, rather than let it be dropped or land where nothing reads it. A key the entry does not write
+    is fine where the schema has it: a section's field (``train.ema``), or a param of a component's type
+    (``encoders.molecule-dmpnn.hidden``, a constructor argument with a default). Under a map of names (inputs,
+    encoders, references, bench variants, ...) a new name may be given whole (``inputs.mass={column: smiles,
+    encoder: molecule-mass}``) but not reached into (``encoders.nonexistent.dim``)."""
+    parts = dotted.split(".")
+    if parts[:2] == ["data", "files"]:  # _add_dataset writes it after the overrides
+        raise ZooError(f"{where}: key {dotted!r}: a data set's files come from the registry's 'datasets' "
+                       "declaration (a registry file of your own can declare one), not from a task's keys")
+    node, level = entry, _Level("model", TaskSpec)
+    for i, part in enumerate(parts):
+        here = ".".join(parts[:i])
+        if not isinstance(node, dict):
+            raise ZooError(f"{where}: key {dotted!r}: {here!r} is {node!r}, not a mapping of keys")
+        if level.kind == "free":
+            return
+        if level.kind == "map":
+            if part not in node and i < len(parts) - 1:
+                raise ZooError(f"{where}: key {dotted!r}: no {level.noun} {part!r} in this task; known at {here!r}: "
+                               f"{', '.join(sorted(map(str, node))) or 'none'}")
+            node, level = node.get(part, {}), level.value
+            continue
+        known = set(level.model.model_fields) | set(node)
+        kind = node.get("type")
+        cls = level.registry.get(kind) if level.registry and isinstance(kind, str) else None
+        if cls:
+            known |= set(_params(cls))
+        if part not in known:
+            what = (f"{here!r} ({kind})" if cls else repr(here)) if here else "the top level"
+            raise ZooError(f"{where}: key {dotted!r}: unknown key; known at {what}: {', '.join(sorted(known))}")
+        field = level.model.model_fields.get(part)
+        node, level = node.get(part, {}), _level(field.annotation, part) if field else _Level("free")
 
 
 def _set(entry: dict, dotted: str, value) -> None:
@@ -257,9 +320,17 @@ class Registry:
             raise ZooError(f"task {name!r}: expected a mapping of keys, got {type(entry).__name__}")
         entry["name"] = name
         self._add_encoders(entry)
+        resolved = set(entry["encoders"])
         for key, value in (overrides or {}).items():
+            _check_override(f"task {name!r}", entry, key)
             _set(entry, key, value)
-        self._add_encoders(entry)  # an override may have switched an input to another encoder
+            self._add_encoders(entry, keep=True)  # an input switched to another encoder: a later key may set it
+        self._add_encoders(entry)  # now only the encoders the inputs use
+        for key in overrides or {}:
+            encoder = key.split(".")[1] if key.startswith("encoders.") else None
+            if encoder and encoder not in entry["encoders"] and encoder not in resolved:
+                raise ZooError(f"task {name!r}: key {key!r}: no input uses encoder {encoder!r}; the inputs use: "
+                               f"{', '.join(sorted(entry['encoders']))}")
         self._add_dataset(entry)
         return validate_task(entry)
 
@@ -273,16 +344,20 @@ class Registry:
             data["files"] = {name: f.model_dump() for name, f in dataset.files.items()
                              if name in (data.get("file"), data.get("test_file"))}
 
-    def _add_encoders(self, entry: dict) -> None:
-        """Copy in the encoders the task's inputs name (keeping overridden copies), and only those."""
-        have, used = entry.get("encoders") or {}, {}
+    def _add_encoders(self, entry: dict, keep: bool = False) -> None:
+        """Copy in the encoders the task's inputs name (keeping overridden copies), and only those; with ``keep``
+        (between overrides) add the registry's and drop nothing: a later override may define or use the rest."""
+        have, used = entry.get("encoders"), {}
+        have = have if isinstance(have, dict) else {}
         for i_name, spec in (entry.get("inputs") or {}).items():
             encoder = spec.get("encoder") if isinstance(spec, dict) else None
             if encoder not in have and encoder not in self.encoders:
+                if keep:
+                    continue
                 raise ZooError(f"task {entry['name']!r}: key 'inputs.{i_name}.encoder': unknown encoder "
                                f"{encoder!r}; known: {', '.join(sorted(self.encoders))}")
             used[encoder] = have.get(encoder) or copy.deepcopy(self.encoders[encoder])
-        entry["encoders"] = used
+        entry["encoders"] = {**have, **used} if keep else used
 
 
 def validate_task(entry: dict) -> TaskSpec:
