@@ -22,7 +22,7 @@ def _ddp_worker(rank: int, world: int, init: str, rows: list[dict], out: str) ->
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
-        model, _ = zoo.Trainer(zoo.info("molecule-solubility", overrides=DDP), progress=False).fit(rows)
+        model, _ = zoo.Trainer(zoo.info("molecule-solubility", overrides=DDP), progress=False, device="cpu").fit(rows)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, f"{out}/rank{rank}.safetensors")
     finally:
         dist.destroy_process_group()
@@ -35,7 +35,9 @@ def test_two_process_gloo_ddp_matches_one_process_with_the_same_global_batch(tmp
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # DDP keeps every rank's parameters identical
 
     torch.manual_seed(0)
-    single, _ = zoo.Trainer(zoo.info("molecule-solubility", overrides=DDP), progress=False).fit(textbook_rows)
+    # on the CPU like the gloo ranks, also where a GPU is (auto would put this one there, the ranks not)
+    single, _ = zoo.Trainer(zoo.info("molecule-solubility", overrides=DDP), progress=False,
+                            device="cpu").fit(textbook_rows)
     changed = 0
     for key, value in single.state_dict().items():
         torch.testing.assert_close(rank0[key], value, atol=1e-5, rtol=1e-4)

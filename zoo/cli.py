@@ -18,7 +18,7 @@ from zoo.distributed import process_group, rank_and_world
 from zoo.predict import check_output, predict_table
 from zoo.registry import load_registry, parse_overrides, validate_task
 from zoo.tables import read_dataset
-from zoo.train import Trainer, fixed_test_set, train_lock
+from zoo.train import Trainer, fixed_test_set, train_device, train_lock, train_workers
 
 
 RUN_FILE = "run.yaml"  # what a training run was started with, so --resume needs nothing else
@@ -52,6 +52,8 @@ def cmd_info(args) -> int:
 
 
 def cmd_train(args) -> int:
+    train_device(args.device)  # a device not here, or a bad worker count, fails before anything starts
+    train_workers(args.workers)
     if args.devices > 1 and "WORLD_SIZE" not in os.environ:  # launch ourselves under torchrun
         argv = [a for a in sys.argv[1:] if a != f"--devices={args.devices}"]
         if "--devices" in argv:
@@ -82,8 +84,8 @@ def cmd_train(args) -> int:
                 run = {"task": spec.model_dump(mode="json"), "data": str(path.resolve()),
                        "test_data": test_path and str(Path(test_path).resolve())}
                 atomic_write_text(out / RUN_FILE, yaml.safe_dump(run, sort_keys=False))
-            _, metrics = Trainer(spec, out=out).fit(rows, data_sha256=sha256_file(path), resume=bool(args.resume),
-                                                    **test)
+            trainer = Trainer(spec, out=out, device=args.device, workers=args.workers)
+            _, metrics = trainer.fit(rows, data_sha256=sha256_file(path), resume=bool(args.resume), **test)
     if rank == 0:
         score = metrics.get("test", {}).get(spec.metric)
         tested = f"test {spec.metric} {score:.4f}" if score is not None else "no test set"
@@ -130,6 +132,11 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="DIR", help="continue the run killed in DIR from its last checkpoint")
     train.add_argument("--devices", type=int, default=1,
                        help="processes to train on (GPUs, or CPU processes): launches torchrun itself")
+    train.add_argument("--device", default="auto", help="auto (the GPU when there is one, else the CPU; with "
+                       "--devices, each process its own GPU), cpu, cuda or cuda:N")
+    train.add_argument("--workers", default="0", help="processes that featurize the rows and collate each batch "
+                       "ahead of the model (auto: one per core, shared by the --devices processes; default 0: in "
+                       "the main process); the result does not depend on it")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a registry key, e.g. train.epochs=5 (repeatable)")
     train.set_defaults(run=cmd_train)

@@ -1,14 +1,18 @@
 """One Trainer for every task: AdamW, linear warm-up then cosine decay, gradient clipping and accumulation,
-early stopping on the task's validation metric, seeded, with per-epoch metrics appended to ``metrics.jsonl``.
+early stopping on the task's validation metric, seeded, with per-epoch metrics (and wall time, ``epoch_s``) appended
+to ``metrics.jsonl``.
 
 With ``ema`` the weights validated, kept and saved are an exponential moving average of the trained ones
 (``torch.optim.swa_utils``): a smoother minimum than any single step's, for tasks that overfit late. With
 ``ensemble`` K, K models are trained one after another on the one split (seeds seed .. seed+K-1, each with its
 own early stopping) and saved as one ``Ensemble`` whose outputs are their mean.
 
-The same loop runs in one process or under torchrun (DDP: gloo on CPU, NCCL on GPU, bf16 autocast on GPU).
-Each epoch's batches are a function of (seed, epoch), and a checkpoint holds the position inside the epoch,
-so a run killed at any point resumes to the same result.
+The same loop runs in one process or under torchrun (DDP: gloo on CPU, NCCL on GPU, bf16 autocast on GPU), on
+the ``device`` asked for (``auto``: the GPU when there is one). Each epoch's batches are a function of (seed,
+epoch), drawn in the main process, and a checkpoint holds the position inside the epoch, so a run killed at any
+point resumes to the same result. With ``workers`` the rows are featurized, and each batch collated, in
+``torch.utils.data.DataLoader`` worker processes (kept for the whole run; pinned memory on CUDA) ahead of the
+model: the same batches in the same order as in one process, so the result does not depend on the count.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from encoders import ZooError
@@ -34,7 +39,8 @@ from zoo.artifacts import exclusive, save, sha256_file
 from zoo.cache import cache_path, load_features, save_features
 from zoo.checkpoint import NAME as CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from zoo.distributed import rank_and_world
-from zoo.model import FEATURIZE_ROWS, Ensemble, ZooModel, feature_size, to_device
+from zoo.model import (FEATURIZE_ROWS, Ensemble, ZooModel, feature_size, resolve_device, resolve_workers,
+                       to_device)
 from zoo.registry import TaskSpec
 from zoo.tables import read_dataset
 
@@ -64,8 +70,29 @@ def feature_types(model: ZooModel) -> dict[str, type]:
             for name, i in model.spec.inputs.items()}
 
 
-def prepare(model: ZooModel, rows: list[dict], progress: bool = True, data_sha256: str | None = None) -> Prepared:
-    """Featurize every row with a target; with the data's sha256 the features are cached on disk."""
+class _Featurize(Dataset):
+    """Item k: the rows at positions ``chunks[k]`` featurized together (``featurize_rows``), as (features, None)
+    or (None, why) each."""
+
+    def __init__(self, model: ZooModel, rows: list[dict], chunks: list[list[int]]):
+        self.model, self.rows, self.chunks = model, rows, chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, k: int) -> list[tuple[dict | None, str | None]]:
+        return [(f, None if err is None else str(err))
+                for f, err in self.model.featurize_rows([self.rows[i] for i in self.chunks[k]])]
+
+
+def _as_is(item):
+    return item
+
+
+def prepare(model: ZooModel, rows: list[dict], progress: bool = True, data_sha256: str | None = None,
+            workers: int = 0) -> Prepared:
+    """Featurize every row with a target, in chunks of ``FEATURIZE_ROWS`` (in ``workers`` processes, or here);
+    with the data's sha256 the features are cached on disk."""
     spec = model.spec
     key_column = spec.data.split_key or next(iter(spec.inputs.values())).column
     needed = [i.column for i in spec.inputs.values()] + list(spec.head.targets.values())
@@ -82,19 +109,27 @@ def prepare(model: ZooModel, rows: list[dict], progress: bool = True, data_sha25
     else:
         features, kept, skipped = [], [], []
         no_target = f"no target in {', '.join(repr(c) for c in spec.head.targets.values())}"
+        chunks, usable = [], []  # in chunks, for encoders that batch (CHGNet)
+        for start in range(0, len(rows), FEATURIZE_ROWS):
+            chunk = range(start, min(start + FEATURIZE_ROWS, len(rows)))
+            chunks.append(len(chunk))
+            usable.append([i for i in chunk if not np.isnan(targets[i]).all()])
+            skipped += [(i, no_target) for i in sorted(set(chunk) - set(usable[-1]))]
+        dataset = _Featurize(model, rows, usable)
+        featurized = (dataset[k] for k in range(len(dataset)))
+        if workers:  # chunks come back in order; a generator of its own leaves the global RNG as it was
+            featurized = DataLoader(dataset, batch_size=None, collate_fn=_as_is, num_workers=workers,
+                                    generator=torch.Generator())
         with tqdm(total=len(rows), desc="featurize", unit="row", disable=None if progress else True,
                   leave=False) as bar:
-            for start in range(0, len(rows), FEATURIZE_ROWS):  # in chunks, for encoders that batch (CHGNet)
-                chunk = range(start, min(start + FEATURIZE_ROWS, len(rows)))
-                usable = [i for i in chunk if not np.isnan(targets[i]).all()]
-                skipped += [(i, no_target) for i in sorted(set(chunk) - set(usable))]
-                for i, (f, err) in zip(usable, model.featurize_rows([rows[i] for i in usable])):
-                    if err is None:
+            for n, index, results in zip(chunks, usable, featurized):
+                for i, (f, why) in zip(index, results):
+                    if why is None:
                         features.append(f)
                         kept.append(i)
                     else:
-                        skipped.append((i, str(err)))
-                bar.update(len(chunk))
+                        skipped.append((i, why))
+                bar.update(n)
         skipped.sort(key=lambda item: item[0])  # in row order, as reported
         if cached and kept:
             save_features(cached, features, feature_types(model), {
@@ -141,6 +176,77 @@ def epoch_batches(sizes: np.ndarray, batch_size: int, seed: int, epoch: int, buc
     return [batches[b] for b in torch.randperm(len(batches), generator=generator).tolist()]
 
 
+class _Batches(Dataset):
+    """Featurized rows and their targets; item ``index`` (an array of positions) is those rows as one batch,
+    collated by the model: (inputs, targets with 0 where missing, where targets are present)."""
+
+    def __init__(self, model: ZooModel | Ensemble, data: Prepared):
+        self.collate, self.features, self.targets = model.collate, data.features, data.targets
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: np.ndarray) -> tuple:
+        y = torch.as_tensor(self.targets[index], dtype=torch.float32)
+        return self.collate([self.features[i] for i in index]), torch.nan_to_num(y), ~torch.isnan(y)
+
+
+class _Plan:
+    """The batches (arrays of positions) the next pass of a ``BatchLoader`` fetches: its DataLoader's sampler,
+    iterated in the main process, so which rows make a batch never depends on the workers."""
+
+    def __init__(self):
+        self.batches: list[np.ndarray] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class BatchLoader:
+    """Collated batches of one ``Prepared``, in the order asked, through a ``torch.utils.data.DataLoader``: made in
+    ``workers`` processes ahead of the model (kept between passes when ``persistent``; pinned for a CUDA
+    ``device``), or here with none. ``loader(batches)`` is one pass: an iterator of (inputs, targets, mask)."""
+
+    def __init__(self, model: ZooModel | Ensemble, data: Prepared, workers: int = 0,
+                 device: torch.device = torch.device("cpu"), persistent: bool = True):
+        self.plan = _Plan()
+        # A generator of its own: a DataLoader draws a seed for its workers at every pass, and from the global
+        # RNG that would shift the model's dropout from what a run with another worker count draws.
+        self.loader = DataLoader(_Batches(model, data), sampler=self.plan, batch_size=None, collate_fn=_as_is,
+                                 num_workers=workers, persistent_workers=persistent and workers > 0,
+                                 pin_memory=device.type == "cuda", generator=torch.Generator())
+
+    def __call__(self, batches: list[np.ndarray]):
+        self.plan.batches = list(batches)
+        return iter(self.loader)
+
+    def close(self) -> None:
+        """Stop the kept worker processes (they stop with the loader anyway; this is not left to the collector)."""
+        iterator, self.loader._iterator = self.loader._iterator, None
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
+
+def train_workers(workers: int | str = 0) -> int:
+    """DataLoader worker processes per training process: a count, or ``auto``: the cores this process may run on,
+    shared among the torchrun processes of this machine (LOCAL_WORLD_SIZE), at most 8 (collating is light)."""
+    if workers == "auto":
+        return max(1, min(8, resolve_workers("auto") // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    return resolve_workers(workers)
+
+
+def train_device(device: str | torch.device = "auto") -> torch.device:
+    """The device this process trains on (``resolve_device``: auto, cpu, cuda, cuda:N); under torchrun ``auto`` and
+    a bare ``cuda`` are this process's own GPU (LOCAL_RANK)."""
+    resolved = resolve_device(device)
+    if resolved.type == "cuda" and resolved.index is None:
+        resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    return resolved
+
+
 def _lr_factor(step: int, warmup: int, total: int, final: float) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -158,12 +264,19 @@ def train_lock(out: Path):
 
 
 class Trainer:
-    def __init__(self, spec: TaskSpec, out: Path | None = None, progress: bool = True):
+    """Trains a task entry's model. ``device``: auto (the GPU when there is one, else the CPU; under torchrun each
+    process's own GPU), cpu, cuda or cuda:N; a GPU asked for and not there is a ZooError. ``workers``: DataLoader
+    processes that featurize the rows and collate the batches ahead of the model (``auto``: one per core; 0: in
+    this process). Neither changes the result beyond float rounding of the device."""
+
+    def __init__(self, spec: TaskSpec, out: Path | None = None, progress: bool = True,
+                 device: str | torch.device = "auto", workers: int | str = 0):
         self.spec, self.out, self.progress = spec, Path(out) if out else None, progress
         self.metric = METRICS[spec.metric]
+        self.device, self.workers = train_device(device), train_workers(workers)
 
     def _prepare(self, model: ZooModel, rows: list[dict], sha256: str | None) -> Prepared:
-        data = prepare(model, rows, self.progress, sha256)
+        data = prepare(model, rows, self.progress, sha256, self.workers)
         if data.skipped:
             shown = "; ".join(f"row {i}: {why}" for i, why in data.skipped[:5])
             print(f"skipped {len(data.skipped)} of {len(rows)} rows: {shown}"
@@ -180,18 +293,19 @@ class Trainer:
                 groups.setdefault(lr, []).append(p)
         return [{"params": ps} | ({"lr": lr} if lr is not None else {}) for lr, ps in groups.items()]
 
-    def _collate(self, model: ZooModel, data: Prepared, index) -> tuple:
-        y = torch.as_tensor(data.targets[index], dtype=torch.float32)
-        return model.collate([data.features[i] for i in index]), torch.nan_to_num(y), ~torch.isnan(y)
+    def _loader(self, model: ZooModel | Ensemble, data: Prepared, persistent: bool = True) -> BatchLoader:
+        return BatchLoader(model, data, self.workers, self.device, persistent)
 
     @torch.no_grad()
-    def evaluate(self, model: ZooModel, data: Prepared, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Decoded predictions and targets (NaN where missing) for rows ``index``, in order."""
+    def evaluate(self, model: ZooModel | Ensemble, data: Prepared, index: np.ndarray,
+                 loader: BatchLoader | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded predictions and targets (NaN where missing) for rows ``index``, in order; the batches come from
+        ``loader`` (one over ``data``), else from a loader made for this pass."""
         model.eval()
         preds, targets = [], []
         size = self.spec.train.batch_size
-        for start in range(0, len(index), size):
-            batch, y, mask = self._collate(model, data, index[start : start + size])
+        loader = loader or self._loader(model, data, persistent=False)
+        for batch, y, mask in loader([index[start : start + size] for start in range(0, len(index), size)]):
             with self._autocast(model):
                 pred = model.head.decode(model(to_device(batch, model.device))).float().cpu().numpy()
             if pred.ndim == 2 and pred.shape[1] < y.shape[1]:  # tags: a batch's rows end before the longest
@@ -219,7 +333,7 @@ class Trainer:
         spec, cfg = self.spec, self.spec.train
         rank, world = rank_and_world()
         seed_everything(cfg.seed)
-        first = ZooModel(spec).to(_device())
+        first = ZooModel(spec).to(self.device)
         started = time.perf_counter()
         data = self._prepare(first, rows, data_sha256)
         fractions = spec.data.fractions
@@ -239,7 +353,7 @@ class Trainer:
         for k in range(cfg.ensemble):  # an ensemble's members share the split; only their seeds differ
             if k:
                 seed_everything(cfg.seed + k)
-            member = first if k == 0 else ZooModel(spec).to(_device())
+            member = first if k == 0 else ZooModel(spec).to(self.device)
             runs.append(self._train(member, k, data, train_idx, val_idx, data_sha256, resume,
                                     [r for run in runs for r in run["history"]]))
             members.append(member)
@@ -318,55 +432,64 @@ class Trainer:
         bar = tqdm(range(run["epoch"], run["epoch"] if run["done"] else cfg.epochs), unit="epoch",
                    desc=f"train {spec.name}" + (f" member {member}" if cfg.ensemble > 1 else ""),
                    disable=None if self.progress and rank == 0 else True)
-        for epoch in bar:
-            model.train()
-            batches = epoch_batches(sizes, cfg.batch_size, seed, epoch, cfg.bucket)
-            for b in range(run["batch"], len(batches)):
-                share = train_idx[batches[b][rank::world]]  # this rank's part of the global batch
-                micro = np.array_split(share, min(cfg.accumulate, len(share)))
-                optimizer.zero_grad(set_to_none=True)
-                loss_sum = 0.0
-                for m, part in enumerate(micro):
-                    batch, y, mask = self._collate(model, data, part)
-                    sync = m == len(micro) - 1 or world == 1
-                    with (contextlib.nullcontext() if sync else trained.no_sync()), self._autocast(model):
-                        loss = model.head.loss(trained(to_device(batch, model.device)), y.to(model.device),
-                                               mask.to(model.device)) * len(part) / len(share)
-                    loss.backward()
-                    loss_sum += loss.item()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                if averaged:
-                    averaged.update_parameters(model)
-                run["losses"].append(loss_sum)
-                run["batch"], run["step"] = b + 1, run["step"] + 1
-                if cfg.checkpoint_every and run["step"] % cfg.checkpoint_every == 0:
-                    checkpoint()
-            pred, true = self.evaluate(kept, data, val_idx)
-            value = score(spec.metric, true, pred)
-            record = {"epoch": epoch, "train_loss": float(np.mean(run["losses"])), f"val_{spec.metric}": value,
-                      "lr": scheduler.get_last_lr()[0], **({"member": member} if cfg.ensemble > 1 else {})}
-            run["history"].append(record)
-            if log:
-                with open(log, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-            if board:
-                for key, number in record.items():
-                    if key not in ("epoch", "member"):
-                        board.add_scalar(key, number, epoch)
-            bar.set_postfix(loss=f"{record['train_loss']:.4f}", **{f"val_{spec.metric}": f"{value:.4f}"})
-            better = run["best"] is None or (value > run["best"] if self.metric.higher_is_better else value < run["best"])
-            if better:
-                run["best"], run["best_epoch"] = value, epoch
-                best_state = {k: v.detach().clone() for k, v in kept.state_dict().items()}
-            run.update(epoch=epoch + 1, batch=0, losses=[])
-            checkpoint()
-            if not better and epoch - run["best_epoch"] >= cfg.patience:
-                break
-        if not run["done"]:
-            run["done"] = True
-            checkpoint()
+        # One loader for the run: its workers (if any) live as long, and are stopped however it ends.
+        with contextlib.closing(self._loader(model, data)) as loader:
+            for epoch in bar:
+                began = time.perf_counter()
+                model.train()
+                batches = epoch_batches(sizes, cfg.batch_size, seed, epoch, cfg.bucket)
+                steps = []  # each step left in the epoch: (this rank's part of the global batch, its micro-batches)
+                for b in range(run["batch"], len(batches)):
+                    share = train_idx[batches[b][rank::world]]
+                    steps.append((share, np.array_split(share, min(cfg.accumulate, len(share)))))
+                parts = loader([part for _, micro in steps for part in micro])
+                for b, (share, micro) in enumerate(steps, start=run["batch"]):
+                    optimizer.zero_grad(set_to_none=True)
+                    loss_sum = 0.0
+                    for m, part in enumerate(micro):
+                        batch, y, mask = next(parts)
+                        sync = m == len(micro) - 1 or world == 1
+                        with (contextlib.nullcontext() if sync else trained.no_sync()), self._autocast(model):
+                            output = trained(to_device(batch, model.device))
+                            loss = model.head.loss(output, to_device(y, model.device), to_device(mask, model.device))
+                            loss = loss * len(part) / len(share)
+                        loss.backward()
+                        loss_sum += loss.item()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    optimizer.step()
+                    scheduler.step()
+                    if averaged:
+                        averaged.update_parameters(model)
+                    run["losses"].append(loss_sum)
+                    run["batch"], run["step"] = b + 1, run["step"] + 1
+                    if cfg.checkpoint_every and run["step"] % cfg.checkpoint_every == 0:
+                        checkpoint()
+                pred, true = self.evaluate(kept, data, val_idx, loader)
+                value = score(spec.metric, true, pred)
+                record = {"epoch": epoch, "train_loss": float(np.mean(run["losses"])), f"val_{spec.metric}": value,
+                          "lr": scheduler.get_last_lr()[0], **({"member": member} if cfg.ensemble > 1 else {}),
+                          "epoch_s": round(time.perf_counter() - began, 3)}  # its training and validation
+                run["history"].append(record)
+                if log:
+                    with open(log, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                if board:
+                    for key, number in record.items():
+                        if key not in ("epoch", "member"):
+                            board.add_scalar(key, number, epoch)
+                bar.set_postfix(loss=f"{record['train_loss']:.4f}", **{f"val_{spec.metric}": f"{value:.4f}"})
+                better = run["best"] is None or (value > run["best"] if self.metric.higher_is_better
+                                                 else value < run["best"])
+                if better:
+                    run["best"], run["best_epoch"] = value, epoch
+                    best_state = {k: v.detach().clone() for k, v in kept.state_dict().items()}
+                run.update(epoch=epoch + 1, batch=0, losses=[])
+                checkpoint()
+                if not better and epoch - run["best_epoch"] >= cfg.patience:
+                    break
+            if not run["done"]:
+                run["done"] = True
+                checkpoint()
         model.load_state_dict(best_state)
         if board:
             board.close()
@@ -380,13 +503,6 @@ def _tensorboard(out: Path):
     except ImportError:
         return None
     return SummaryWriter(str(out / "tensorboard"))
-
-
-def _device() -> torch.device:
-    """This process's device: its own GPU under torchrun (LOCAL_RANK), the only GPU, or the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
 
 
 def _ddp(model: ZooModel) -> torch.nn.parallel.DistributedDataParallel:
