@@ -173,3 +173,17 @@ def test_an_edited_encoder_does_not_load_features_cached_by_the_old_code(tmp_pat
     real = inspect.getfile
     monkeypatch.setattr(inspect, "getfile", lambda cls: edited if cls is CrystalCHGNet else real(cls))
     assert cache.cache_key(spec, "abc") != before
+
+
+def test_features_cached_by_one_run_train_the_same_model_in_workers(textbook_rows, tmp_path, monkeypatch):
+    from zoo.model import ZooModel
+
+    spec = zoo.info("molecule-solubility", overrides={**TINY, "train.epochs": 2})
+    _, first = zoo.Trainer(spec, progress=False, device="cpu").fit(textbook_rows, data_sha256="abc")
+
+    def fail(self, rows):
+        raise AssertionError("featurized again despite the cache")
+
+    monkeypatch.setattr(ZooModel, "featurize_rows", fail)  # in the workers too: they are forked after this
+    _, again = zoo.Trainer(spec, progress=False, device="cpu", workers=2).fit(textbook_rows, data_sha256="abc")
+    assert again["val"] == first["val"] and again["test"] == first["test"]
