@@ -17,7 +17,8 @@ from encoders import ZooError
 from tests.conftest import TINY
 from zoo.cli import main
 from zoo.model import ZooModel
-from zoo.train import BatchLoader, Trainer, prepare, train_device, train_workers
+from zoo.model import resolve_device, resolve_workers
+from zoo.train import BatchLoader, Trainer, prepare
 
 engine = importlib.import_module("zoo.train")  # the module (the attribute zoo.train is the function)
 
@@ -104,17 +105,17 @@ def test_cli_train_on_cpu_with_workers_auto(textbook_csv, tmp_path, capsys):
 
 def test_worker_counts():
     cores = len(os.sched_getaffinity(0))
-    assert train_workers("auto") == max(1, min(8, cores))
-    assert train_workers("3") == train_workers(3) == 3 and train_workers("0") == 0
+    assert resolve_workers("auto") == cores
+    assert resolve_workers("3") == resolve_workers(3) == 3 and resolve_workers("0") == 0
     with pytest.raises(ZooError, match="expected a number or auto"):
-        train_workers("many")
+        resolve_workers("many")
     with pytest.raises(ZooError, match="expected 0"):
-        train_workers(-1)
+        resolve_workers(-1)
 
 
 def test_auto_workers_are_shared_by_the_processes_of_a_machine(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")
-    assert train_workers("auto") == 1
+    assert resolve_workers("auto") == 1
 
 
 def test_a_device_name_torch_cannot_read_is_a_one_line_error(textbook_csv, tmp_path, capsys):
@@ -137,13 +138,13 @@ def test_cuda_without_a_gpu_is_a_one_line_error(textbook_csv, tmp_path, capsys):
 
 
 def test_auto_is_the_gpu_when_there_is_one():
-    assert train_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert train_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_on_the_gpu_workers_pin_batches_and_train_the_same_model(textbook_rows):
-    assert train_device("cuda") == torch.device("cuda", 0)  # a bare cuda is this process's own GPU
+    assert resolve_device("cuda") == torch.device("cuda", 0)  # a bare cuda is this process's own GPU
     model = ZooModel(zoo.info("molecule-solubility", overrides=TINY)).cuda()
     data = prepare(model, textbook_rows, progress=False)
     loader = BatchLoader(model, data, 2, torch.device("cuda"))

@@ -38,6 +38,8 @@ def load(name_or_path: str | os.PathLike, registry: str | os.PathLike | None = N
 
 
 def train(name: str, rows: list[dict], out: str | os.PathLike | None = None,
-          registry: str | os.PathLike | None = None, overrides: dict | None = None, progress: bool = True):
-    """Train a registry task on rows (dicts keyed by column); returns (model, metrics)."""
-    return Trainer(info(name, registry, overrides), out, progress).fit(rows)
+          registry: str | os.PathLike | None = None, overrides: dict | None = None, progress: bool = True,
+          device: str = "auto", workers: int | str = 0):
+    """Train a registry task on rows (dicts keyed by column); returns (model, metrics). ``device`` and ``workers``
+    as for ``Trainer``."""
+    return Trainer(info(name, registry, overrides), out, progress, device, workers).fit(rows)

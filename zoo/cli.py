@@ -18,7 +18,8 @@ from zoo.distributed import process_group, rank_and_world
 from zoo.predict import check_output, predict_table
 from zoo.registry import load_registry, parse_overrides, validate_task
 from zoo.tables import read_dataset
-from zoo.train import Trainer, fixed_test_set, train_device, train_lock, train_workers
+from zoo.model import resolve_device, resolve_workers
+from zoo.train import Trainer, fixed_test_set, train_lock
 
 
 RUN_FILE = "run.yaml"  # what a training run was started with, so --resume needs nothing else
@@ -52,8 +53,8 @@ def cmd_info(args) -> int:
 
 
 def cmd_train(args) -> int:
-    train_device(args.device)  # a device not here, or a bad worker count, fails before anything starts
-    train_workers(args.workers)
+    device = resolve_device(args.device)  # a device not here, or a bad worker count, fails before anything starts
+    resolve_workers(args.workers)
     if args.devices > 1 and "WORLD_SIZE" not in os.environ:  # launch ourselves under torchrun
         argv = [a for a in sys.argv[1:] if a != f"--devices={args.devices}"]
         if "--devices" in argv:
@@ -75,7 +76,7 @@ def cmd_train(args) -> int:
     else:
         raise ZooError("zoo train needs a TASK and --out DIR, or --resume DIR")
     rows, test = read_dataset(path, spec.data.reader), fixed_test_set(spec, test_path)
-    with process_group():
+    with process_group(device):
         rank = rank_and_world()[0]
         # The lock before run.yaml: a second run into a busy --out must refuse before it rewrites the record
         # that the first needs to resume (fit takes the same lock again, which passes within this process).
@@ -101,7 +102,7 @@ def cmd_predict(args) -> int:
         raise ZooError("--resume needs --output: it continues the parts an interrupted run left beside it")
     registry = load_registry(args.registry)
     model = load(args.task, registry, device=args.device)
-    with process_group():
+    with process_group(model.device):
         summary = predict_table(model, args.input, args.output, chunk_rows=args.chunk_rows,
                                 batch_size=args.batch_size, candidates=args.candidates, top=args.top,
                                 resume=args.resume, workers=args.workers)

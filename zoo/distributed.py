@@ -20,12 +20,13 @@ def barrier() -> None:
 
 
 @contextlib.contextmanager
-def process_group():
-    """Join the torchrun process group when launched by torchrun (NCCL on GPUs, gloo on CPUs)."""
+def process_group(device: torch.device):
+    """Join the torchrun process group when launched by torchrun: NCCL for processes on GPUs, gloo for processes
+    on CPUs (also on a machine that has GPUs: ``--device cpu``)."""
     if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or dist.is_initialized():
         yield
         return
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         yield
     finally:

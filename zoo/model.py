@@ -70,12 +70,13 @@ PREPARE_ROWS = 1024
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto``: the GPU when there is one (under torchrun, this process's: LOCAL_RANK), else the CPU; ``cpu``,
-    ``cuda``, ``cuda:N`` as torch reads them. A GPU asked for and not there is a ZooError."""
-    if str(device) == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
+    """``auto``: the GPU when there is one, else the CPU; ``cpu``, ``cuda``, ``cuda:N`` as torch reads them. Under
+    torchrun ``auto`` and a bare ``cuda`` are this process's own GPU (LOCAL_RANK). A GPU asked for and not there
+    is a ZooError."""
+    if str(device) in ("auto", "cuda") and torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    if str(device) == "auto":
+        return torch.device("cpu")
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):
@@ -88,9 +89,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def resolve_workers(workers: int | str) -> int:
-    """Worker processes for featurizing: ``auto`` is one per core this process may run on."""
+    """Worker processes that featurize and collate: a count, or ``auto``: the cores this process may run on,
+    shared among the torchrun processes of this machine (LOCAL_WORLD_SIZE)."""
     if workers == "auto":
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     try:
         count = int(workers)
     except ValueError:

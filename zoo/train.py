@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -230,23 +229,6 @@ class BatchLoader:
             iterator._shutdown_workers()
 
 
-def train_workers(workers: int | str = 0) -> int:
-    """DataLoader worker processes per training process: a count, or ``auto``: the cores this process may run on,
-    shared among the torchrun processes of this machine (LOCAL_WORLD_SIZE), at most 8 (collating is light)."""
-    if workers == "auto":
-        return max(1, min(8, resolve_workers("auto") // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
-    return resolve_workers(workers)
-
-
-def train_device(device: str | torch.device = "auto") -> torch.device:
-    """The device this process trains on (``resolve_device``: auto, cpu, cuda, cuda:N); under torchrun ``auto`` and
-    a bare ``cuda`` are this process's own GPU (LOCAL_RANK)."""
-    resolved = resolve_device(device)
-    if resolved.type == "cuda" and resolved.index is None:
-        resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-    return resolved
-
-
 def _lr_factor(step: int, warmup: int, total: int, final: float) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -273,7 +255,7 @@ class Trainer:
                  device: str | torch.device = "auto", workers: int | str = 0):
         self.spec, self.out, self.progress = spec, Path(out) if out else None, progress
         self.metric = METRICS[spec.metric]
-        self.device, self.workers = train_device(device), train_workers(workers)
+        self.device, self.workers = resolve_device(device), resolve_workers(workers)
 
     def _prepare(self, model: ZooModel, rows: list[dict], sha256: str | None) -> Prepared:
         data = prepare(model, rows, self.progress, sha256, self.workers)
