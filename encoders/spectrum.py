@@ -196,7 +196,8 @@ class SpectrumCNN(nn.Module):
         intensity = self._normalise(intensity, covered)
         if self.intensity == "sqrt":
             intensity = np.sign(intensity) * np.sqrt(np.abs(intensity))
-        intensity = intensity.astype(np.float32)
+        with np.errstate(over="ignore"):  # past float32's range is inf, refused just below
+            intensity = intensity.astype(np.float32)
         if not np.isfinite(intensity).all():
             raise InputError("spectrum", "intensities beyond the float32 range (about 3e38)")
         return Spectrum(intensity, covered)

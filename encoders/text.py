@@ -6,9 +6,11 @@ it is; a hub id goes through the hub only when ``HF_HUB_OFFLINE`` is unset. Tran
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -44,6 +46,22 @@ def resolve_model(name: str) -> str:
 
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+@contextlib.contextmanager
+def _quiet_local_load(local: bool):
+    """Reading a backbone from a local folder: no "Loading weights" progress bar (it is over in well under a
+    second and would print on every model load). A download from the hub keeps its progress bar."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if local:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if local and was:
+            hf_logging.enable_progress_bar()
 
 
 @functools.cache
@@ -83,7 +101,8 @@ class TextBERT(nn.Module):
         if building_on_meta():  # shapes only: the architecture from its config, no weights read
             self.bert = AutoModel.from_config(AutoConfig.from_pretrained(self.source, local_files_only=local))
         else:
-            self.bert = AutoModel.from_pretrained(self.source, local_files_only=local)
+            with _quiet_local_load(Path(self.source).is_dir()):
+                self.bert = AutoModel.from_pretrained(self.source, local_files_only=local)
         self.out_dim = self.bert.config.hidden_size
         self.backbone = f"transformers=={version('transformers')} {model}"
 
@@ -107,7 +126,9 @@ class TextBERT(nn.Module):
 
             config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                                 target_modules=["query", "key", "value", "dense"])
-            self.bert = get_peft_model(self.bert, config)
+            with warnings.catch_warnings():  # peft asks for transformers' deprecated alias; nothing for a user to do
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                self.bert = get_peft_model(self.bert, config)
         else:
             raise ValueError(f"text-bert has no transfer strategy {strategy!r}")
 
