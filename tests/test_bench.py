@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import subprocess
 import sys
 import tarfile
 
@@ -13,6 +14,7 @@ import yaml
 from conftest import ROOT, SHARED_DATA
 
 from encoders import ZooError
+from zoo.bench import replot
 from zoo.cli import main
 from zoo.data import data_file
 from zoo.registry import load_registry
@@ -143,3 +145,100 @@ def test_work_keeps_each_run_and_a_second_call_does_not_train_it_again(tmp_path,
     again = json.loads((tmp_path / "molecule-solubility.json").read_text())
     assert (run / "metrics.jsonl").read_text() == log  # no epoch was trained again
     assert again["runs"][0]["test"] == first["runs"][0]["test"]
+
+
+# ---- --quick: a smoke test, one variant, never beside the references -------------------------------------
+
+def _bench_registry(tmp_path, monkeypatch, textbook_csv) -> str:
+    """A user registry with a two-variant toy task (40 textbook molecules) and one published reference."""
+    data = tmp_path / "data" / "toy"
+    data.mkdir(parents=True)
+    (data / "table.csv").write_bytes(textbook_csv.read_bytes())
+    monkeypatch.setenv("ZOO_DATA", str(tmp_path / "data"))
+    path, sha = tmp_path / "bench.yaml", hashlib.sha256(textbook_csv.read_bytes()).hexdigest()
+    path.write_text(yaml.safe_dump({
+        "datasets": {"toy": {"source": "written by this test", "files": {"table.csv": {"sha256": sha}}}},
+        "tasks": {"toy-bench": {
+            "description": "toy", "inputs": {"smiles": {"column": "smiles", "encoder": "molecule-dmpnn"}},
+            "fusion": {"type": "mean", "dim": 32},
+            "head": {"type": "regression", "targets": {"logP": "measured log solubility in mols per litre"}},
+            "data": {"dataset": "toy", "file": "table.csv", "seeds": [0, 1]},
+            "train": {"epochs": 3, "batch_size": 16}, "metric": "rmse",
+            "references": {"Somebody 2020": {"value": 1.0, "source": "a paper, Table 1"}},
+            "bench": {"variants": {"ours": {}, "narrow": {"fusion.dim": 16}}}}},
+    }, sort_keys=False))  # the first variant is the task's own
+    return str(path)
+
+
+TINY_SET = ["--set", "encoders.molecule-dmpnn.hidden=32", "--set", "train.batch_size=16"]
+
+
+def test_quick_runs_one_variant_and_says_it_is_not_comparable(tmp_path, monkeypatch, capsys, textbook_csv):
+    registry = _bench_registry(tmp_path, monkeypatch, textbook_csv)
+    assert main(["--registry", registry, "bench", "toy-bench", "--quick", "--results", str(tmp_path / "q"),
+                 *TINY_SET]) == 0
+    out = capsys.readouterr().out
+    assert "quick: not comparable" in out
+    assert "Somebody 2020" not in out and "a paper, Table 1" not in out  # no reference beside quick numbers
+    record = json.loads((tmp_path / "q" / "toy-bench.json").read_text())
+    assert list(record["variants"]) == ["ours"] and {r["variant"] for r in record["runs"]} == {"ours"}
+    assert record["seeds"] == [0] and record["quick"] and record["note"] == "quick: not comparable"
+    assert record["references"] == {}
+    assert (tmp_path / "q" / "toy-bench-curves.png").is_file() and (tmp_path / "q" / "toy-bench-parity.png").is_file()
+
+
+def test_a_full_bench_runs_every_variant_beside_the_references(tmp_path, monkeypatch, capsys, textbook_csv):
+    registry = _bench_registry(tmp_path, monkeypatch, textbook_csv)
+    assert main(["--registry", registry, "bench", "toy-bench", "--seeds", "0", "--results", str(tmp_path / "full"),
+                 "--set", "train.epochs=2", *TINY_SET]) == 0
+    out = capsys.readouterr().out
+    assert "quick: not comparable" not in out and "Somebody 2020" in out and "a paper, Table 1" in out
+    record = json.loads((tmp_path / "full" / "toy-bench.json").read_text())
+    assert list(record["variants"]) == ["ours", "narrow"] and "Somebody 2020" in record["references"]
+
+
+def test_the_quick_results_folder_is_git_ignored():
+    """`zoo bench all --quick` writes benchmarks/results/quick: its files must never show up to be committed."""
+    try:
+        done = subprocess.run(["git", "check-ignore", "-q", "benchmarks/results/quick/molecule-solubility.json"],
+                              cwd=ROOT, capture_output=True)
+    except OSError:
+        pytest.skip("no git")
+    if done.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert done.returncode == 0, "benchmarks/results/quick/ is not in .gitignore"
+    tracked = subprocess.run(["git", "ls-files", "benchmarks/results/quick"], cwd=ROOT, capture_output=True, text=True)
+    assert not tracked.stdout.strip()
+
+
+# ---- plots redrawn from the results JSON; references cited ------------------------------------------------
+
+def test_replot_redraws_curves_and_confusion_from_the_json_alone(tmp_path):
+    history = lambda member=None: [{"epoch": e, "train_loss": 1.0 / (e + 1), "val_macro_f1": 0.5 + 0.1 * e,
+                                    **({"member": member} if member is not None else {})} for e in range(2)]
+    record = {"task": "toy", "metric": "macro_f1", "quick": False, "seeds": [0, 1], "classes": ["a", "b"],
+              "variants": {"ours": {}, "other": {}},
+              "runs": [{"variant": "ours", "seed": 0, "history": history(), "confusion": [[3, 1], [0, 4]]},
+                       {"variant": "ours", "seed": 1, "history": history(0) + history(1),  # an ensemble
+                        "confusion": [[2, 0], [1, 5]]},
+                       {"variant": "other", "seed": 0, "val": {"macro_f1": 0.4}, "best_epoch": 0},  # no history kept
+                       {"variant": "RF", "seed": 0, "baseline": True}]}
+    (tmp_path / "toy.json").write_text(json.dumps(record))
+    assert replot(tmp_path / "toy.json") == [tmp_path / "toy-curves.png", tmp_path / "toy-confusion.png"]
+    assert all(p.stat().st_size > 1000 for p in tmp_path.glob("*.png"))
+
+
+def test_every_committed_results_file_can_be_redrawn(tmp_path):
+    for path in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
+        if "runs" in json.loads(path.read_text()):
+            (tmp_path / path.name).write_text(path.read_text())
+            for png in replot(tmp_path / path.name):
+                assert png.parent == tmp_path and png.is_file()
+
+
+def test_every_registry_reference_names_where_it_comes_from():
+    registry = load_registry()
+    for name in registry.names():
+        for ref_name, ref in registry.task(name).references.items():
+            assert ref.source and len(ref.source) > 20, f"{name}: {ref_name}: no source"
+            assert "memory" not in ref.source.lower(), f"{name}: {ref_name}: cited from memory"

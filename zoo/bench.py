@@ -5,8 +5,12 @@ seed (or Matbench fold), the metric, and the task's ``bench:`` variants (registr
 encoder against a pretrained one, one modality against the fused model) and baselines (``tasks.baselines``).
 Ours is printed beside the registry's references; ``<results>/<task>.json`` records every run, mean and std,
 wall time, versions, git commit and data sha256, with plots: parity (regression), confusion matrix
-(classification) and learning curves. ``--quick`` runs the same code on a few hundred rows for two epochs, so a
-CI test keeps the protocol from rotting; its numbers mean nothing.
+(classification) and learning curves (redrawn from the JSON alone by ``replot``, ``benchmarks/replot.py``).
+
+``--quick`` is a smoke test of the same code path, sized for CI: per task only its first (own) variant, the first
+seed, ``QUICK_ROWS`` rows (``QUICK_TEST_ROWS`` of a fixed test set) and ``QUICK_EPOCHS`` epochs, plus the task's
+baselines. Its numbers say only that the protocol runs: they are printed without the references, marked
+"quick: not comparable", and written to ``benchmarks/results/quick`` (git-ignored).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 import torch
 
@@ -39,6 +44,7 @@ from zoo.tables import read_dataset
 from zoo.train import Trainer, _family_metrics, fixed_test_set, prepare, split
 
 QUICK_ROWS, QUICK_TEST_ROWS, QUICK_EPOCHS = 240, 120, 2
+QUICK_RATE_ROWS = 50  # rows timed for the featurization rate of a --quick run
 
 
 def featurization_rate(model: ZooModel, rows: list[dict], limit: int = 2000) -> float:
@@ -93,30 +99,67 @@ def git_commit() -> str | None:
 
 
 # ---- plots ---------------------------------------------------------------------------------------------
+# Every line or point set gets its own colour, line style and marker, so runs that coincide (an ensemble member
+# trained exactly as a single-model variant, or two folds that converge alike) still show one over the other.
 
-def parity_plot(runs: list[dict], path: Path, spec: TaskSpec) -> None:
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
-    for run in runs:
-        true, pred = np.ravel(run["test_true"]), np.ravel(run["test_pred"])
-        ax.scatter(true, pred, s=6, alpha=0.5,
-                   label=f"{run['variant']} {run['seed']}: {spec.metric.upper()} {run['test'][spec.metric]:.3f}")
-    lo, hi = ax.get_xlim()
-    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-    unit = spec.head.unit or ""
-    ax.set(xlabel=f"measured ({unit})", ylabel=f"predicted ({unit})", title=f"{spec.name}: test sets")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
+STYLES, MARKERS = ("-", "--", "-.", ":"), ("o", "s", "^", "D", "v", "P", "X")
+QUICK_NOTE = "quick: not comparable"
+
+
+def _look(i: int) -> dict:
+    return {"color": f"C{i % 10}", "linestyle": STYLES[i % len(STYLES)], "marker": MARKERS[i % len(MARKERS)]}
+
+
+def _suffix(quick: bool) -> str:
+    return f" ({QUICK_NOTE})" if quick else ""
+
+
+def parity_plot(runs: list[dict], path: Path, task: str, metric: str, unit: str | None = None, *,
+                seed_name: str = "seed", targets: int = 1, quick: bool = False) -> None:
+    """Predicted against measured on each run's test set; one colour per variant, one marker per seed. Baselines
+    are drawn first, as crosses, so the model's points lie on top."""
+    fig, ax = plt.subplots(figsize=(5.2, 5.2), dpi=120, layout="constrained")
+    groups = list(dict.fromkeys(r["variant"] for r in sorted(runs, key=lambda r: bool(r.get("baseline")))))  # ours: C0
+    lo, hi, seen = np.inf, -np.inf, {}
+    for run in sorted(runs, key=lambda r: not r.get("baseline")):
+        true, pred = np.ravel(run["test_true"]).astype(float), np.ravel(run["test_pred"]).astype(float)
+        keep = np.isfinite(true) & np.isfinite(pred)
+        g, k = groups.index(run["variant"]), seen.get(run["variant"], 0)
+        seen[run["variant"]] = k + 1
+        baseline = bool(run.get("baseline"))
+        ax.scatter(true[keep], pred[keep], s=7 if baseline else 6, alpha=0.35 if baseline else 0.55, linewidths=0.6,
+                   color=f"C{g % 10}", marker="x" if baseline else MARKERS[k % len(MARKERS)],
+                   label=f"{run['variant']}{' (baseline)' if baseline else ''} {seed_name} {run['seed']}: "
+                         f"{metric.upper()} {run['test'][metric]:.3f}")
+        if keep.any():
+            lo, hi = min(lo, true[keep].min(), pred[keep].min()), max(hi, true[keep].max(), pred[keep].max())
+    if np.isfinite(lo):
+        pad = 0.03 * (hi - lo or 1)
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=0.8)
+        ax.set(xlim=(lo - pad, hi + pad), ylim=(lo - pad, hi + pad))
+    unit = f" ({unit})" if unit else ""
+    pooled = f", {targets} targets pooled" if targets > 1 else ""
+    ax.set(xlabel=f"measured{unit}", ylabel=f"predicted{unit}", title=f"{task}: test sets{pooled}{_suffix(quick)}")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=6, markerscale=2, loc="upper left")
     fig.savefig(path)
     plt.close(fig)
 
 
-def confusion_plot(runs: list[dict], path: Path, classes: list[str], title: str) -> None:
-    """Rows: true class, columns: predicted, summed over the runs given (each seed's test set)."""
+def confusion_counts(run: dict, classes: list[str]) -> list[list[int]]:
+    """Rows: true class, columns: predicted, of one run's test set."""
     counts = np.zeros((len(classes), len(classes)), dtype=int)
-    for run in runs:
-        true, pred = class_labels(np.asarray(run["test_true"], float), np.asarray(run["test_pred"], float))
-        np.add.at(counts, (true.astype(int), pred.astype(int)), 1)
-    fig, ax = plt.subplots(figsize=(max(4.5, 1 + 0.35 * len(classes)),) * 2, dpi=120)
+    true, pred = class_labels(np.asarray(run["test_true"], float), np.asarray(run["test_pred"], float))
+    np.add.at(counts, (true.astype(int), pred.astype(int)), 1)
+    return counts.tolist()
+
+
+def confusion_plot(runs: list[dict], path: Path, classes: list[str], task: str, variant: str, *,
+                   seed_name: str = "seed", quick: bool = False) -> None:
+    """Rows: true class, columns: predicted, summed over the runs given (each seed's test set, from each run's
+    ``confusion`` counts); shading is the share of each true class."""
+    counts = np.sum([np.asarray(r["confusion"], int) for r in runs], axis=0)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 + 0.45 * len(classes)),) * 2, dpi=120, layout="constrained")
     share = counts / np.maximum(counts.sum(1, keepdims=True), 1)  # of each true class
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for (i, j), n in np.ndenumerate(counts):
@@ -124,30 +167,72 @@ def confusion_plot(runs: list[dict], path: Path, classes: list[str], title: str)
             ax.text(j, i, n, ha="center", va="center", fontsize=6, color="white" if share[i, j] > 0.5 else "black")
     ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
     ax.set_yticks(range(len(classes)), classes, fontsize=7)
-    ax.set(xlabel="predicted", ylabel="true")
-    ax.set_title(title, fontsize=8)  # the long variant names must fit a small matrix
-    fig.tight_layout()
+    ax.set(xlabel="predicted", ylabel="true (shading: share of the row)")
+    seeds = f"{seed_name}{'s' if len(runs) > 1 else ''} " + ", ".join(str(r["seed"]) for r in runs)
+    # two short lines: a long variant name must not run off a small matrix
+    ax.set_title(f"{task}: confusion matrix{_suffix(quick)}\n{variant}, test sets of {seeds}", fontsize=8)
     fig.savefig(path)
     plt.close(fig)
 
 
-def curves_plot(runs: list[dict], path: Path, spec: TaskSpec) -> None:
-    """Training loss and validation metric per epoch, one line per run (per member of an ensemble)."""
-    fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=120)
+def curves_plot(runs: list[dict], path: Path, task: str, metric: str, *, seed_name: str = "seed",
+                quick: bool = False) -> None:
+    """Training loss and validation metric per epoch, one line per run (per member of an ensemble), each with
+    its own colour, style and marker; the legend sits outside the axes so it hides none. A run recorded without
+    its per-epoch history (an older results file) is one point: its validation score at its best epoch."""
+    fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(10.5, 3.8), dpi=120, layout="constrained")
+    i = 0
     for run in runs:
-        for member in dict.fromkeys(h.get("member") for h in run["history"]):  # an ensemble's, one by one
-            history = [h for h in run["history"] if h.get("member") == member]
-            epochs = [h["epoch"] for h in history]
-            label = f"{run['variant']} {run['seed']}" + (f" member {member}" if member is not None else "")
-            loss_ax.plot(epochs, [h["train_loss"] for h in history], label=label)
-            val_ax.plot(epochs, [h[f"val_{spec.metric}"] for h in history], label=label)
+        history = run.get("history") or []
+        members = list(dict.fromkeys(h.get("member") for h in history)) or [None]
+        for member in members:
+            label = f"{run['variant']} {seed_name} {run['seed']}" + (f", member {member}" if member is not None else "")
+            look = _look(i)
+            i += 1
+            rows = [h for h in history if h.get("member") == member]
+            if not rows:  # no history kept: the one validation score there is, at its epoch
+                epoch = run.get("best_epoch")
+                if isinstance(epoch, int) and metric in run.get("val", {}):
+                    val_ax.plot([epoch], [run["val"][metric]], linestyle="none", marker=look["marker"], ms=7,
+                                color=look["color"], label=f"{label} (best epoch only)")
+                continue
+            every = max(1, len(rows) // 12)  # markers on long curves: a dozen, not one per epoch
+            kw = dict(**look, markevery=every, ms=4, lw=1.3, alpha=0.85, label=label)
+            epochs = [h["epoch"] for h in rows]
+            loss_ax.plot(epochs, [h["train_loss"] for h in rows], **kw)
+            val_ax.plot(epochs, [h.get(f"val_{metric}", np.nan) for h in rows], **kw)
     loss_ax.set(xlabel="epoch", ylabel="training loss", yscale="log")
-    val_ax.set(xlabel="epoch", ylabel=f"validation {spec.metric}")
-    val_ax.legend(fontsize=6)
-    fig.suptitle(spec.name)
-    fig.tight_layout()
+    val_ax.set(xlabel="epoch", ylabel=f"validation {metric}")
+    for ax in (loss_ax, val_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.25)
+    handles, labels = val_ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right center", fontsize=7)
+    fig.suptitle(f"{task}: learning curves{_suffix(quick)}")
     fig.savefig(path)
     plt.close(fig)
+
+
+def replot(path: Path) -> list[Path]:
+    """Redraw the plots a results JSON holds what they need for, without training: learning curves from each
+    run's history, a confusion matrix from each run's ``confusion`` counts (recorded since these were added).
+    Parity plots need every test prediction, which the JSON does not keep: they change with the next real run.
+    Returns the files written."""
+    record = json.loads(Path(path).read_text())
+    task, metric, quick = record["task"], record["metric"], bool(record.get("quick"))
+    seed_name = "fold" if "folds" in record else "seed"
+    ours = [r for r in record["runs"] if not r.get("baseline")]
+    written = []
+    if any(r.get("history") for r in ours):
+        written.append(Path(path).parent / f"{task}-curves.png")
+        curves_plot(ours, written[-1], task, metric, seed_name=seed_name, quick=quick)
+    first = next(iter(record.get("variants", {})), None)
+    counted = [r for r in ours if r["variant"] == first and "confusion" in r]
+    if counted and record.get("classes"):
+        written.append(Path(path).parent / f"{task}-confusion.png")
+        confusion_plot(counted, written[-1], record["classes"], task, first, seed_name=seed_name, quick=quick)
+    return written
 
 
 # ---- one task ------------------------------------------------------------------------------------------
@@ -170,8 +255,10 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
     if quick:
         base = {"train.epochs": min(spec.train.epochs, QUICK_EPOCHS), **spec.bench.quick, **base}
         spec = registry.task(task, base)
-    chosen = {k: v for k, v in spec.bench.variants.items() if not variants or k in variants}
     own = next(iter(spec.bench.variants))  # the task as the registry writes it: the only one ever bundled
+    # --quick checks the protocol runs, so one variant is enough: the task's own, unless --variants names others
+    wanted = variants or ([own] if quick else None)
+    chosen = {k: v for k, v in spec.bench.variants.items() if not wanted or k in wanted}
     if bundle and own not in chosen:
         raise ZooError(f"--bundle ships the task's own variant {own!r}: include it in --variants")
     if bundle:
@@ -198,7 +285,8 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
     work = Path(work) / task if keep else Path(tempfile.mkdtemp(prefix="scizoo-bench-"))
     try:
         for variant, variant_overrides in chosen.items():
-            rates[variant] = featurization_rate(ZooModel(registry.task(task, {**base, **variant_overrides})), rows)
+            rates[variant] = featurization_rate(ZooModel(registry.task(task, {**base, **variant_overrides})), rows,
+                                                QUICK_RATE_ROWS if quick else 2000)
             print(f"[{task} {variant}] featurization: {rates[variant]:,.0f} rows/s on one core")
             for seed in seeds:
                 seed_spec = registry.task(task, {**base, **variant_overrides, "train.seed": seed})
@@ -215,6 +303,8 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
                              "weights_mb": round(weights_mb, 2), **detail(model, m["test_predictions"]),
                              "history": history, "overrides": {**base, **variant_overrides}, "git_commit": commit,
                              "test_true": m["test_predictions"]["true"], "test_pred": m["test_predictions"]["pred"]})
+                if spec.head.type == "classification":  # kept in the JSON, so the matrix can be redrawn from it
+                    runs[-1]["confusion"] = confusion_counts(runs[-1], model.head.classes)
                 print(f"[{task} {variant}] {seed_name} {seed}: test {spec.metric.upper()} "
                       f"{m['test'][spec.metric]:.4f} (val {m['val'][spec.metric]:.4f}, best epoch {m['best_epoch']}, "
                       f"{wall:.0f} s, weights {weights_mb:.1f} MB)")
@@ -230,7 +320,7 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
             runs, chosen, rates = _merged(json.loads((results / f"{task}.json").read_text()), runs, chosen, rates, spec)
         seeds = sorted({r["seed"] for r in runs})
         record = _record(spec, chosen, runs, rates, seeds, seed_name, path, data_sha or sha256_file(path), quick)
-        _write(record, runs, spec, results, chosen)
+        _write(record, runs, spec, results)
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -274,12 +364,15 @@ def _record(spec: TaskSpec, chosen: dict, runs: list[dict], rates: dict, seeds: 
     metrics = _family_metrics(spec.metric)
     groups = list(chosen) + spec.bench.baselines
     summaries = {v: summarise([r for r in runs if r["variant"] == v], metrics) for v in groups}
+    if quick:  # said before the numbers, and no reference beside them
+        print(f"\n{QUICK_NOTE}: a smoke test of {spec.name}'s protocol on {QUICK_ROWS} rows, {spec.train.epochs} "
+              f"epochs, {seed_name} {seeds[0]}; its scores compare with neither the references nor a full run")
     print(f"\n{'model':<36} " + " ".join(f"{'test ' + m.upper():>17}" for m in metrics))
     for v in groups:
         cells = [f"{summaries[v]['test'][m]['mean']:>8.4f} ± {summaries[v]['test'][m]['std']:.4f}" for m in metrics]
-        label = v if v in spec.bench.baselines else f"SciZoo {v}"
+        label = (v if v in spec.bench.baselines else f"SciZoo {v}") + (" (quick)" if quick else "")
         print(f"{label:<36} {' '.join(cells)}  ({seed_name}s {seeds})")
-    for name, ref in spec.references.items():
+    for name, ref in ({} if quick else spec.references).items():
         print(f"{name:<36} {ref.value:.4f}{f' ± {ref.std:.4f}' if ref.std is not None else ''}  ({ref.source})")
     if "test_per_target" in runs[0]:
         print(f"\n{'test ' + spec.metric.upper() + ' per target (mean)':<36} " + " ".join(f"{g:>17}" for g in groups))
@@ -289,30 +382,31 @@ def _record(spec: TaskSpec, chosen: dict, runs: list[dict], rates: dict, seeds: 
     by_variant = {v: {"mean": summaries[v]["test"][spec.metric]["mean"], "std": summaries[v]["test"][spec.metric]["std"],
                       "featurization_rows_per_s": round(rates[v], 1), **summaries[v]} for v in chosen}
     return {
-        "task": spec.name, "metric": spec.metric, "quick": quick,
+        "task": spec.name, "metric": spec.metric, "quick": quick, **({"note": QUICK_NOTE} if quick else {}),
         "split": f"{spec.data.split} {list(spec.data.fractions)}", f"{seed_name}s": seeds,
         "data": f"{spec.data.dataset}/{path.name}", "data_sha256": data_sha, "data_source": spec.data.source,
         "mean": by_variant[first]["mean"], "std": by_variant[first]["std"], "variants": by_variant,
         "baselines": {name: summaries[name] for name in spec.bench.baselines},
         "runs": [{k: v for k, v in r.items() if k not in ("test_true", "test_pred")} for r in runs],
-        "references": {k: v.model_dump() for k, v in spec.references.items()},
+        # a quick record carries no references: nothing should set its numbers beside them
+        "references": {} if quick else {k: v.model_dump() for k, v in spec.references.items()},
+        **({"classes": spec.head.params["classes"]} if spec.head.type == "classification" else {}),
         "overrides": chosen, "wall_s": round(sum(r["wall_s"] for r in runs), 1),
         "versions": versions(), "git_commit": git_commit(),
     }
 
 
-def _write(record: dict, runs: list[dict], spec: TaskSpec, results: Path, chosen: dict) -> None:
+def _write(record: dict, runs: list[dict], spec: TaskSpec, results: Path) -> None:
+    """The record, its parity plot (from this call's test predictions: merged runs from an earlier file have none
+    left), and the plots ``replot`` draws from the record itself (curves, confusion matrix)."""
     results.mkdir(parents=True, exist_ok=True)
-    runs = [r for r in runs if "test_true" in r]  # merged runs from an earlier file have no predictions left
-    ours = [r for r in runs if not r.get("baseline")]
-    if spec.head.type == "regression":
-        parity_plot(runs, results / f"{spec.name}-parity.png", spec)
-    if spec.head.type == "classification":
-        first = next(iter(chosen))
-        confusion_plot([r for r in runs if r["variant"] == first], results / f"{spec.name}-confusion.png",
-                       spec.head.params["classes"], f"{spec.name} ({first}, test sets of all seeds)")
-    curves_plot(ours, results / f"{spec.name}-curves.png", spec)
+    predicted = [r for r in runs if "test_true" in r]
+    if spec.head.type == "regression" and predicted:
+        parity_plot(predicted, results / f"{spec.name}-parity.png", spec.name, spec.metric, spec.head.unit,
+                    seed_name="fold" if "folds" in record else "seed", targets=len(spec.head.targets),
+                    quick=bool(record["quick"]))
     (results / f"{spec.name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    replot(results / f"{spec.name}.json")
     print(f"wrote {results / f'{spec.name}.json'} and its plots")
 
 

@@ -179,7 +179,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_bench(args) -> int:
-    from zoo.bench import bench_task, bundle_dir  # with plotting and the baselines' libraries: only when bench runs
+    from zoo.bench import QUICK_EPOCHS, QUICK_NOTE, QUICK_ROWS, bench_task, bundle_dir  # plotting: only when bench runs
 
     registry = load_registry(args.registry)
     names = registry.names() if args.task == "all" else [registry.task(args.task).name]
@@ -190,8 +190,14 @@ def cmd_bench(args) -> int:
     if args.data and len(names) > 1:
         raise ZooError("--data names one task's file: give a TASK, not 'all'")
     results = Path(args.results or ("benchmarks/results/quick" if args.quick else "benchmarks/results"))
-    failed, started = [], time.perf_counter()
+    if args.quick:
+        which = "the variants named" if args.variants else "each task's own variant"
+        print(f"--quick: a smoke test that each task's protocol runs ({QUICK_ROWS} rows, at most {QUICK_EPOCHS} "
+              f"epochs, the first seed, {which}); "
+              f"{QUICK_NOTE} with published references or full runs, and none are shown\n")
+    failed, took, started = [], {}, time.perf_counter()
     for name in names:
+        began = time.perf_counter()
         try:
             bench_task(registry, name, seeds=args.seeds, variants=args.variants, overrides=parse_overrides(args.set),
                        results=results, quick=args.quick, bundle=args.bundle, data=args.data,
@@ -201,8 +207,13 @@ def cmd_bench(args) -> int:
                 raise
             print(f"zoo: error: {name}: {err}", file=sys.stderr)
             failed.append(name)
+        took[name] = time.perf_counter() - began
     print(f"\nbenched {len(names) - len(failed)} of {len(names)} tasks in {time.perf_counter() - started:.0f} s"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
+    if len(names) > 1:
+        print("  " + ", ".join(f"{name} {s:.0f} s" for name, s in took.items()))
+    if args.quick:
+        print(f"({QUICK_NOTE}: these numbers only show the protocol runs)")
     return 1 if failed else 0
 
 
