@@ -62,6 +62,10 @@ class CompositionFeatures:
     z: np.ndarray          # [n_elements] atomic numbers
     fraction: np.ndarray   # [n_elements] atomic fractions, summing to 1
 
+    @property
+    def size(self) -> int:  # one token per element
+        return len(self.z)
+
 
 def parse_composition(raw):
     """A formula or Composition; a crystal structure (object, dict or structure file) gives its composition,
@@ -97,6 +101,8 @@ def parse_composition(raw):
 
 @register_encoder("composition")
 class CompositionEncoder(nn.Module):
+    out_dim: int  # the width of its tokens (the Encoder contract)
+
     def __init__(self, *, dim: PositiveInt = 128, layers: PositiveInt = 2, heads: PositiveInt = 4, dropout: Fraction = 0.0,
                  chgnet_elements: str | None = None):
         super().__init__()

@@ -201,6 +201,10 @@ class CrystalGraph:
     neighbor: np.ndarray  # [n_edges] sending atom (a periodic image of it)
     distance: np.ndarray  # [n_edges] Å
 
+    @property
+    def size(self) -> int:  # one token per atom
+        return len(self.z)
+
 
 def neighbor_graph(structure, cutoff: float, max_neighbors: int) -> CrystalGraph:
     """Each atom's ``max_neighbors`` nearest neighbours within ``cutoff`` Å, periodic images included."""
@@ -254,6 +258,8 @@ class CGConv(nn.Module):
 
 @register_encoder("crystal-cgcnn")
 class CrystalCGCNN(nn.Module):
+    out_dim: int  # the width of its tokens (the Encoder contract)
+
     def __init__(self, *, dim: PositiveInt = 128, layers: PositiveInt = 3, cutoff: PositiveFloat = 8.0,
                  max_neighbors: PositiveInt = 12, gaussians: PositiveInt = 40):
         super().__init__()
@@ -288,6 +294,10 @@ CHGNET_BATCH = 32
 class AtomFeatures:
     z: np.ndarray         # [n_atoms] atomic numbers
     features: np.ndarray  # [n_atoms, CHGNET_FEATURES] CHGNet atom features and site energy (eV), float32
+
+    @property
+    def size(self) -> int:  # one token per atom
+        return len(self.z)
 
 
 @functools.cache
@@ -350,6 +360,8 @@ class CrystalCHGNet(nn.Module):
     data set), and only the adapter below is trained and saved. The artifact records the backbone's package
     and version, and loading rebuilds it from the installed wheel.
     """
+
+    out_dim: int  # the width of its tokens (the Encoder contract)
 
     def __init__(self, *, version: str = "0.3.0", dim: PositiveInt = 128, layers: PositiveInt = 2,
                  dropout: Fraction = 0.0):

@@ -79,12 +79,18 @@ class ImageFeatures:
     pixels: np.ndarray  # [3, H, W] float16, the model's input after its eval transform; [0] when ``tokens`` is set
     tokens: np.ndarray  # [T, C] float16, the frozen backbone's output, computed once at featurization; or [0]
 
+    @property
+    def size(self) -> int:  # every image of a task becomes the same tokens: no padding to save
+        return 1
+
 
 @register_encoder("image-timm")
 class ImageTimm(nn.Module):
     """A timm backbone's last feature map as tokens: every position, or average-pooled to ``grid`` x ``grid``
     (fewer tokens to cache and attend to). With a frozen backbone the tokens are computed at featurization,
     so they are cached with the data set and training never runs the backbone."""
+
+    out_dim: int  # the width of its tokens (the Encoder contract)
 
     def __init__(self, *, model: str = OFFLINE_LITE0, pretrained: bool = True, img_size: PositiveInt | None = None,
                  crop_pct: Annotated[float, Gt(0), Le(1)] | None = None, grid: PositiveInt | None = None,

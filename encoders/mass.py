@@ -42,10 +42,16 @@ class Mass:
     numbers: np.ndarray  # [3] float32: mass (neutral where known, else m/z), collision energy / 100, energy known
     adduct: int          # ADDUCT_INDEX, 0 where unknown (and for a molecule)
 
+    @property
+    def size(self) -> int:  # one token
+        return 1
+
 
 class _MassToken(nn.Module):
     """Shared by both encoders: Fourier features of the mass, with the other numbers and the ion type, through
     an MLP -> one token of width ``dim``, masked where the row has no value."""
+
+    out_dim: int  # the width of its tokens (the Encoder contract)
 
     def __init__(self, *, dim: PositiveInt = 128, frequencies: PositiveInt = 32, hidden: PositiveInt = 128,
                  dropout: Fraction = 0.0):

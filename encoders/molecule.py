@@ -52,6 +52,10 @@ class MolGraph:
     bonds: np.ndarray  # [n_bonds, len(BOND_FEATURES)] int16 category indices, already offset
     pairs: np.ndarray  # [n_bonds, 2] int32 begin and end atom of each bond
 
+    @property
+    def size(self) -> int:  # one token per heavy atom
+        return len(self.atoms)
+
 
 def _shown(text: str) -> str:
     return repr(text) if len(text) <= 80 else f"{text[:60]!r}... ({len(text):,} characters)"  # one short error line
@@ -167,6 +171,8 @@ def _featurize_parsed(raw, mol: Chem.Mol) -> MolGraph:
 @register_encoder("molecule-dmpnn")
 class MoleculeDMPNN(nn.Module):
     """Directed message passing over bonds (Yang et al. 2019, chemprop), one token per heavy atom."""
+
+    out_dim: int  # the width of its tokens (the Encoder contract)
 
     def __init__(self, *, hidden: PositiveInt = 300, depth: PositiveInt = 3, dropout: Fraction = 0.0):
         super().__init__()

@@ -35,6 +35,10 @@ class Spectrum:
     intensity: np.ndarray  # [points] float32 on the grid, normalised; 0 where not covered
     covered: np.ndarray    # [points] bool, True where the input reached the grid point
 
+    @property
+    def size(self) -> int:  # the grid's points (the same for every row of a task)
+        return len(self.intensity)
+
 
 def _numbers(values, what: str) -> np.ndarray:
     try:
@@ -159,6 +163,8 @@ class SpectrumCNN(nn.Module):
     ``intensity: sqrt`` then takes the signed square root, which lifts small peaks against the base peak (as
     MS/MS spectral matching does: a fragment at 5% still counts).
     """
+
+    out_dim: int  # the width of its tokens (the Encoder contract)
 
     def __init__(self, *, axis_min: float, axis_max: float, points: PositiveInt, unit: str | None = None,
                  mode: Literal["dense", "peaks"] = "dense", normalize: Literal["none", "max", "area", "snv"] = "none",

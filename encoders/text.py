@@ -79,6 +79,10 @@ class TextFeatures:
     dropped_words: int       # words cut by the maximum length
     pooled: np.ndarray       # [D] the frozen backbone's mean-pooled output, computed once (``tokens: mean``), or [0]
 
+    @property
+    def size(self) -> int:  # the word pieces the backbone runs over
+        return len(self.ids)
+
 
 @register_encoder("text-bert")
 class TextBERT(nn.Module):
@@ -87,6 +91,8 @@ class TextBERT(nn.Module):
     token, the mean of the pieces (``tokens: mean``, sentence-transformers' pooling, for retrieval). With a
     frozen backbone and ``tokens: mean`` the pooled vector is computed at featurization, so it is cached
     with the data set and training never runs the transformer again."""
+
+    out_dim: int  # the width of its tokens (the Encoder contract)
 
     def __init__(self, *, model: str = OFFLINE_MINILM, max_length: PositiveInt = 128,
                  tokens: Literal["pieces", "words", "mean"] = "pieces"):

@@ -1,8 +1,6 @@
 """Fusion of modality tokens into one pooled vector: cross-attention (default) or a mean-pool baseline."""
+from fusion.common import FUSIONS, Fused, Fusion, register_fusion
 from fusion.cross_attention import CrossAttentionFusion
 from fusion.mean import MeanFusion
-from fusion.common import Fused
 
-FUSIONS = {"cross-attention": CrossAttentionFusion, "mean": MeanFusion}
-
-__all__ = ["FUSIONS", "CrossAttentionFusion", "Fused", "MeanFusion"]
+__all__ = ["FUSIONS", "CrossAttentionFusion", "Fused", "Fusion", "MeanFusion", "register_fusion"]

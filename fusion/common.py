@@ -1,11 +1,13 @@
-"""What every fusion returns, and the modality dropout they share."""
+"""The fusion contract (``Fusion``), what every fusion returns (``Fused``), the registry of fusion types, and the
+modality dropout they share."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from encoders.base import Tokens
+from encoders.base import Tokens, TypeRegistry, check_contract, check_keyword
 
 
 @dataclass
@@ -13,6 +15,27 @@ class Fused:
     pooled: torch.Tensor               # [B, D]
     tokens: dict[str, torch.Tensor]    # name -> [B, T, D], the modality tokens as the fusion saw them
     masks: dict[str, torch.Tensor]     # name -> [B, T], True where a token is real
+
+
+class Fusion(Protocol):
+    """Fuses a batch's modality tokens into one vector per row: a torch module built as ``cls(names, *, dim,
+    **params)``, ``names`` the task's inputs in order and ``dim`` the width every input's tokens are projected to
+    (and of ``pooled``); the other keyword-only params come from the registry entry, checked against their hints.
+
+    ``forward({name: Tokens(x [B, T_name, dim], mask [B, T_name])})`` -> ``Fused(pooled [B, dim], tokens {name:
+    [B, T_name, dim]}, masks {name: [B, T_name]})``. A row without a modality has it all masked; a row with no
+    token at all never reaches a fusion (the data path refuses it)."""
+
+    def forward(self, inputs: dict[str, Tokens]) -> Fused: ...
+
+
+def check_fusion(cls, what: str) -> None:
+    check_contract(cls, Fusion, what)
+    check_keyword(cls, what, "dim", "Fusion contract (fusion.common.Fusion: cls(names, *, dim, **params))")
+
+
+FUSIONS = TypeRegistry("fusion", check_fusion, group="scizoo.fusions")
+register_fusion = FUSIONS.register  # class decorator: @register_fusion("name"), checked against ``Fusion``
 
 
 def drop_modalities(inputs: dict[str, Tokens], p: float) -> dict[str, Tokens]:

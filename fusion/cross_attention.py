@@ -11,7 +11,7 @@ from einops import repeat
 from torch import nn
 
 from encoders.base import Fraction, PositiveInt, Tokens
-from fusion.common import Fused, drop_modalities
+from fusion.common import Fused, drop_modalities, register_fusion
 
 
 class Block(nn.Module):
@@ -30,6 +30,7 @@ class Block(nn.Module):
         return q + self.ff(self.norm_ff(q))
 
 
+@register_fusion("cross-attention")
 class CrossAttentionFusion(nn.Module):
     def __init__(self, names: list[str], *, dim: PositiveInt = 128, latents: PositiveInt = 16, layers: PositiveInt = 2,
                  heads: PositiveInt = 4, dropout: Fraction = 0.0, modality_dropout: Fraction = 0.0):

@@ -5,9 +5,10 @@ import torch
 from torch import nn
 
 from encoders.base import Fraction, PositiveInt, Tokens
-from fusion.common import Fused, drop_modalities
+from fusion.common import Fused, drop_modalities, register_fusion
 
 
+@register_fusion("mean")
 class MeanFusion(nn.Module):
     def __init__(self, names: list[str], *, dim: PositiveInt = 128, modality_dropout: Fraction = 0.0):
         super().__init__()

@@ -1,5 +1,5 @@
 """Task families: heads with masked losses, metrics and splits."""
-from tasks.heads import HEADS, MultiLabelHead, RegressionHead
+from tasks.heads import HEADS, KINDS, Head, MultiLabelHead, RegressionHead, register_head
 from tasks.images import read_image_table
 from tasks.massbank import read_massbank
 from tasks.metrics import METRICS, score
@@ -11,4 +11,5 @@ from tasks.splits import SPLITS, random_split, scaffold_split
 READERS = {"conll": read_conll, "standoff": read_standoff, "tsv": read_tsv, "spectra-npz": read_spectra_npz,
            "massbank-jsonl": read_massbank, "image-table": read_image_table}
 
-__all__ = ["HEADS", "METRICS", "READERS", "SPLITS", "MultiLabelHead", "RegressionHead", "random_split", "scaffold_split", "score"]
+__all__ = ["HEADS", "KINDS", "METRICS", "READERS", "SPLITS", "Head", "MultiLabelHead", "RegressionHead", "random_split",
+           "register_head", "scaffold_split", "score"]

@@ -1,11 +1,15 @@
-"""Task heads. ``read_targets`` turns table rows into a float array (NaN where missing), ``forward`` gives the
-raw output (standardised values, logits or embeddings), ``loss`` compares it with targets while ignoring
-missing ones, ``decode`` turns it into the user's units and ``describe`` into one row's output columns:
-``outputs`` names them, ``numeric`` says which hold numbers (the others hold text, or JSON of a list)."""
+"""Task heads: the ``Head`` contract, the registry of head types, and the built-in heads.
+
+``read_targets`` turns table rows into a float array (NaN where missing), ``forward`` gives the raw output
+(standardised values, logits or embeddings), ``loss`` compares it with targets while ignoring missing ones,
+``decode`` turns it into the user's units and ``describe`` into one row's output columns: ``outputs`` names them,
+``numeric`` says which hold numbers (the others hold text, or JSON of a list). ``kind`` says what ``decode``
+returns, ``metrics`` what scores it and ``ranks`` whether prediction ranks candidates: the engines read those
+instead of asking which head a task has."""
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
@@ -13,9 +17,83 @@ from annotated_types import Ge
 from torch import nn
 from torch.nn import functional as F
 
-from encoders.base import Fraction, PositiveFloat, PositiveInt
+from encoders.base import (ContractError, Fraction, PositiveFloat, PositiveInt, TypeRegistry, check_contract,
+                           check_keyword)
 from fusion.common import Fused
+from tasks.metrics import METRICS
 from tasks.ner import iob2_viterbi, spans, tag_names
+
+# What a head's ``decode`` returns, by ``Head.kind``, and the members a head of that kind adds.
+KINDS = {
+    "values": "numbers in the targets' units [B, n_targets] (bench scores each target and draws a parity plot)",
+    "probabilities": "a probability per target [B, n_targets]",
+    "classes": "class probabilities [B, n_classes], the classes named by 'classes' (bench draws a confusion matrix)",
+    "tags": "a tag id per token [B, T], NaN past a row's tokens, labels named by 'labels' (bench scores each label)",
+    "embeddings": "L2-normalised embeddings [B, sides, E]",
+}
+KIND_MEMBERS = {"classes": ("classes",), "tags": ("labels",)}
+
+
+class Head(Protocol):
+    """A task head: a torch module built as ``cls(dim, *, targets, **params)``, ``dim`` the fusion's width and
+    ``targets`` the entry's ``{output name: table column}`` (empty where the task has none); the other
+    keyword-only params come from the registry entry, checked against their hints. B rows, in shapes:
+
+    - ``read_targets(rows)`` -> float array [B, ...] (NaN where missing or unusable), what ``loss`` gets;
+    - ``fit(y)``: sees the training targets before training (a regression head's standardisation);
+    - ``forward(fused: Fused)`` -> raw output [B, ...] (standardised values, logits, embeddings);
+    - ``loss(raw, target, mask)`` -> scalar, ignoring targets where ``mask`` [B, ...] is False;
+    - ``decode(raw)`` -> the output in the user's terms, as ``kind`` says (``KINDS``); ``describe(value, features)``
+      -> one row's output columns from its decoded value (and its features when ``describe_uses_features``);
+    - ``outputs``: ``describe``'s column names; ``numeric``: those that hold numbers; ``targets``: output names.
+
+    Class attributes: ``kind`` (a key of ``KINDS``: ``classes`` heads have ``classes``, ``tags`` heads ``labels``),
+    ``metrics`` (names in ``tasks.METRICS`` that can score the decoded output: a task's metric is one of them, and
+    test sets are scored by all, in this order), ``ranks`` (prediction ranks candidates: the head embeds a
+    ``query`` side and a ``candidate`` side, each named by its first input, and cannot be ensembled) and
+    ``describe_uses_features``."""
+
+    kind: ClassVar[str]
+    metrics: ClassVar[tuple[str, ...]]
+    ranks: ClassVar[bool]
+    describe_uses_features: ClassVar[bool]
+    targets: list[str]
+    outputs: list[str]
+    numeric: list[str]
+
+    def read_targets(self, rows: list[dict]) -> np.ndarray: ...
+
+    def fit(self, y: np.ndarray) -> None: ...
+
+    def forward(self, fused: Fused) -> torch.Tensor: ...
+
+    def loss(self, raw: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, raw: torch.Tensor) -> torch.Tensor: ...
+
+    def describe(self, value: np.ndarray, features: dict | None) -> dict: ...
+
+
+def check_head(cls, what: str) -> None:
+    check_contract(cls, Head, what)
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    if cls.kind not in KINDS:
+        raise ContractError(f"{what}: class {name} has kind {cls.kind!r}; a head's kind is one of {', '.join(KINDS)}")
+    metrics = cls.metrics
+    if not isinstance(metrics, tuple) or not metrics or any(m not in METRICS for m in metrics):
+        raise ContractError(f"{what}: class {name} has metrics {metrics!r}; expected a tuple of one or more of "
+                            f"{', '.join(METRICS)}")
+    needs = KIND_MEMBERS.get(cls.kind, ()) + (("query", "candidate") if cls.ranks else ())
+    for member in needs:
+        if not any(member in vars(k) or member in k.__dict__.get("__annotations__", {}) for k in cls.__mro__):
+            why = "a ranking head" if member in ("query", "candidate") else f"a head of kind {cls.kind!r}"
+            raise ContractError(f"{what}: class {name} has no {member!r}, a member of {why} (the Head contract, "
+                                "tasks.heads.Head)")
+    check_keyword(cls, what, "targets", "Head contract (tasks.heads.Head: cls(dim, *, targets, **params))")
+
+
+HEADS = TypeRegistry("head", check_head, group="scizoo.heads")
+register_head = HEADS.register  # class decorator: @register_head("name"), checked against ``Head``
 
 
 def _mlp(dim: int, hidden: int, out: int, dropout: float) -> nn.Sequential:
@@ -43,6 +121,7 @@ class _ScalarOutputs:
 
     targets: list[str]
     columns: list[str]
+    ranks = False
     describe_uses_features = False  # ``describe`` needs only the values (so prediction need not carry features)
 
     def read_targets(self, rows: list[dict]) -> np.ndarray:
@@ -60,10 +139,14 @@ class _ScalarOutputs:
         return dict(zip(self.targets, map(float, value)))
 
 
+@register_head("regression")
 class RegressionHead(_ScalarOutputs, nn.Module):
     """Regression on standardised targets; the training set's mean and std are saved with the weights.
 
     ``loss: l1`` suits data scored by MAE with many exact values (band gaps of metals are all 0 eV)."""
+
+    kind = "values"
+    metrics = ("rmse", "mae", "r2")
 
     def __init__(self, dim: int, *, targets: dict[str, str], hidden: PositiveInt = 256, dropout: Fraction = 0.0,
                  loss: Literal["mse", "l1"] = "mse"):
@@ -90,8 +173,12 @@ class RegressionHead(_ScalarOutputs, nn.Module):
         return raw * self.std + self.mean
 
 
+@register_head("multilabel")
 class MultiLabelHead(_ScalarOutputs, nn.Module):
     """Independent binary labels (one logit each), as in Tox21 or SIDER; decodes to probabilities."""
+
+    kind = "probabilities"
+    metrics = ("roc_auc",)
 
     def __init__(self, dim: int, *, targets: dict[str, str], hidden: PositiveInt = 256, dropout: Fraction = 0.0):
         super().__init__()
@@ -113,16 +200,23 @@ class MultiLabelHead(_ScalarOutputs, nn.Module):
         return torch.sigmoid(raw)
 
 
+@register_head("token-classification")
 class TokenClassificationHead(nn.Module):
     """IOB2 tags for each token of one input (words, for NER). The target column holds a list of tag
     strings per row; positions without a token come out NaN, so they are neither scored nor trained."""
+
+    kind, metrics, ranks = "tags", ("entity_f1",), False
+    describe_uses_features = True  # entity offsets come from the text's features
+    targets: list[str]
+    outputs: list[str]
+    numeric: list[str]
+    labels: list[str]
 
     def __init__(self, dim: int, *, targets: dict[str, str], labels: list[str], input: str | None = None,
                  dropout: Fraction = 0.1):
         super().__init__()
         self.targets, self.column, self.input = list(targets), next(iter(targets.values())), input
         self.outputs, self.numeric = ["entities", "warning"], []
-        self.describe_uses_features = True  # entity offsets come from the text's features
         self.tags = tag_names(labels)
         self.labels = list(labels)
         self.classify = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, len(self.tags)))
@@ -171,6 +265,7 @@ class TokenClassificationHead(nn.Module):
         return out
 
 
+@register_head("contrastive")
 class ContrastiveHead(nn.Module):
     """Two sides embedded into one space, trained with the symmetric InfoNCE loss (CLIP's): in a batch, each
     query's own candidate is the positive and every other row's is a negative. ``forward`` gives
@@ -187,12 +282,19 @@ class ContrastiveHead(nn.Module):
     masked out), and the retrieval metrics count each group's candidate once (see ``tasks.metrics.ranks``).
     Group ids are 1, 2, ... in order of the rows read (exact in float32 up to 2**24 groups); 0 is no group."""
 
+    kind, metrics, ranks = "embeddings", ("mrr", "hits@1", "hits@10", "mrr_reverse"), True
+    describe_uses_features = False
+    targets: list[str]
+    outputs: list[str]
+    numeric: list[str]
+    query: str      # the query side's first input
+    candidate: str  # the candidate side's first input
+
     def __init__(self, dim: int, *, query: str | list[str], candidate: str | list[str],
                  targets: dict[str, str] | None = None, embedding: PositiveInt = 256,
                  temperature: PositiveFloat = 0.07, hidden: Annotated[int, Ge(0)] = 0):
         super().__init__()
         self.targets, self.outputs, self.numeric = [], ["matches"], []
-        self.describe_uses_features = False
         self.sides = [[query] if isinstance(query, str) else list(query),
                       [candidate] if isinstance(candidate, str) else list(candidate)]
         self.query, self.candidate = self.sides[0][0], self.sides[1][0]  # each side's first input names it
@@ -251,10 +353,18 @@ class ContrastiveHead(nn.Module):
         return {}
 
 
+@register_head("classification")
 class ClassificationHead(nn.Module):
     """One class per row out of ``classes`` (softmax, cross-entropy). The target column holds class names; a
     row whose class is not listed has no target. ``decode`` gives the class probabilities [B, n_classes]
     (the metrics score their argmax); ``describe`` the most likely class and its probability."""
+
+    kind, metrics, ranks = "classes", ("macro_f1", "accuracy"), False
+    describe_uses_features = False
+    targets: list[str]
+    outputs: list[str]
+    numeric: list[str]
+    classes: list[str]
 
     def __init__(self, dim: int, *, targets: dict[str, str], classes: list[str], hidden: PositiveInt = 256,
                  dropout: Fraction = 0.0):
@@ -264,7 +374,6 @@ class ClassificationHead(nn.Module):
         self.targets, self.column, self.classes = list(targets), next(iter(targets.values())), list(classes)
         self.outputs = [self.targets[0], f"{self.targets[0]}_probability"]
         self.numeric = self.outputs[1:]
-        self.describe_uses_features = False
         self.mlp = _mlp(dim, hidden, len(classes), dropout)
 
     def read_targets(self, rows: list[dict]) -> np.ndarray:
@@ -290,6 +399,3 @@ class ClassificationHead(nn.Module):
         best = int(np.argmax(value))
         return {self.targets[0]: self.classes[best], self.outputs[1]: float(value[best])}
 
-
-HEADS = {"regression": RegressionHead, "multilabel": MultiLabelHead, "token-classification": TokenClassificationHead,
-         "contrastive": ContrastiveHead, "classification": ClassificationHead}

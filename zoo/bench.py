@@ -67,11 +67,11 @@ def detail(model: ZooModel, predictions: dict) -> dict:
     """What a task family reports beyond its metric: per target scores for several regression targets, per
     entity type scores for tagging."""
     spec = model.spec
-    if spec.head.type == "regression" and len(spec.head.targets) > 1:
+    if model.head.kind == "values" and len(spec.head.targets) > 1:
         true, pred = np.asarray(predictions["true"], float), np.asarray(predictions["pred"], float)
         return {"test_per_target": {t: score(spec.metric, true[:, j], pred[:, j])
                                     for j, t in enumerate(spec.head.targets)}}
-    if spec.head.type != "token-classification":
+    if model.head.kind != "tags":
         return {}
     names = dict(enumerate(model.head.labels))
     rename = lambda rows: [[t if t == "O" else f"{t[:2]}{names[int(t[2:])]}" for t in r] for r in rows]
@@ -303,7 +303,7 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
                              "weights_mb": round(weights_mb, 2), **detail(model, m["test_predictions"]),
                              "history": history, "overrides": {**base, **variant_overrides}, "git_commit": commit,
                              "test_true": m["test_predictions"]["true"], "test_pred": m["test_predictions"]["pred"]})
-                if spec.head.type == "classification":  # kept in the JSON, so the matrix can be redrawn from it
+                if model.head.kind == "classes":  # kept in the JSON, so the matrix can be redrawn from it
                     runs[-1]["confusion"] = confusion_counts(runs[-1], model.head.classes)
                 print(f"[{task} {variant}] {seed_name} {seed}: test {spec.metric.upper()} "
                       f"{m['test'][spec.metric]:.4f} (val {m['val'][spec.metric]:.4f}, best epoch {m['best_epoch']}, "
@@ -341,7 +341,7 @@ def _baseline_runs(registry: Registry, task: str, name: str, overrides: dict, ro
                                           np.concatenate([train_idx, val_idx]), test_idx))
         predictions = {"true": prepared.targets[test_idx], "pred": pred}
         runs.append({"variant": name, "seed": seed, "baseline": True,
-                     "test": {m: score(m, predictions["true"], pred) for m in _family_metrics(model.spec.metric)},
+                     "test": {m: score(m, predictions["true"], pred) for m in _family_metrics(model.spec)},
                      "wall_s": round(time.perf_counter() - start, 1), **detail(model, predictions),
                      "test_true": predictions["true"].tolist(), "test_pred": pred.tolist()})
         print(f"[{task} {name}] {seed_name} {seed}: test {model.spec.metric.upper()} "
@@ -361,7 +361,7 @@ def _merged(old: dict, runs: list[dict], chosen: dict, rates: dict, spec: TaskSp
 
 def _record(spec: TaskSpec, chosen: dict, runs: list[dict], rates: dict, seeds: list[int], seed_name: str,
             path: Path, data_sha: str, quick: bool) -> dict:
-    metrics = _family_metrics(spec.metric)
+    metrics = _family_metrics(spec)
     groups = list(chosen) + spec.bench.baselines
     summaries = {v: summarise([r for r in runs if r["variant"] == v], metrics) for v in groups}
     if quick:  # said before the numbers, and no reference beside them
@@ -390,7 +390,7 @@ def _record(spec: TaskSpec, chosen: dict, runs: list[dict], rates: dict, seeds: 
         "runs": [{k: v for k, v in r.items() if k not in ("test_true", "test_pred")} for r in runs],
         # a quick record carries no references: nothing should set its numbers beside them
         "references": {} if quick else {k: v.model_dump() for k, v in spec.references.items()},
-        **({"classes": spec.head.params["classes"]} if spec.head.type == "classification" else {}),
+        **({"classes": spec.head.params["classes"]} if spec.head.cls.kind == "classes" else {}),
         "overrides": chosen, "wall_s": round(sum(r["wall_s"] for r in runs), 1),
         "versions": versions(), "git_commit": git_commit(),
     }
@@ -401,7 +401,7 @@ def _write(record: dict, runs: list[dict], spec: TaskSpec, results: Path) -> Non
     left), and the plots ``replot`` draws from the record itself (curves, confusion matrix)."""
     results.mkdir(parents=True, exist_ok=True)
     predicted = [r for r in runs if "test_true" in r]
-    if spec.head.type == "regression" and predicted:
+    if spec.head.cls.kind == "values" and predicted:
         parity_plot(predicted, results / f"{spec.name}-parity.png", spec.name, spec.metric, spec.head.unit,
                     seed_name="fold" if "folds" in record else "seed", targets=len(spec.head.targets),
                     quick=bool(record["quick"]))

@@ -5,7 +5,6 @@ It also owns the row-level data path (``featurize`` -> ``collate``) so training 
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from typing import Any, Iterator, NamedTuple, Protocol
@@ -32,9 +31,8 @@ def is_missing(value) -> bool:
 
 
 def feature_size(features: dict) -> int:
-    """A row's size for batching: the length of each present input's first feature array, summed."""
-    return sum(len(np.atleast_1d(getattr(f, dataclasses.fields(f)[0].name)))
-               for f in features.values() if f is not None)
+    """A row's size for batching: the ``size`` of each present input's features (``encoders.Features``), summed."""
+    return sum(f.size for f in features.values() if f is not None)
 
 
 # Padded tokens (rows x longest row, in ``feature_size`` units) a prediction batch may hold. MiniLM over JNLPBA
@@ -223,7 +221,7 @@ class Inference:
               tokens: int | None = BATCH_TOKENS) -> tuple[np.ndarray, dict[int, str]]:
         """A contrastive task's embeddings of one side (``head.query`` or ``head.candidate``) [N, E], NaN
         for rows that failed, with {row: why} for those."""
-        if not hasattr(self.head, "query"):
+        if not self.head.ranks:
             raise ZooError(f"task {self.spec.name!r} has no embeddings to rank: its head is {self.spec.head.type}")
         column = 0 if side == self.head.query else 1
         prepared = self.prepare(0, rows, batch_size, tokens)
@@ -363,7 +361,7 @@ class Ensemble(Inference, nn.Module):
 
 
 def build_model(spec: TaskSpec) -> ZooModel | Ensemble:
-    """The untrained model a task entry describes: one, or ``train.ensemble`` members."""
-    if spec.train.ensemble == 1:
+    """The untrained model a task entry (or a saved model's ``ModelSpec``) describes: one, or ``ensemble`` members."""
+    if spec.ensemble == 1:
         return ZooModel(spec)
-    return Ensemble([ZooModel(spec) for _ in range(spec.train.ensemble)])
+    return Ensemble([ZooModel(spec) for _ in range(spec.ensemble)])

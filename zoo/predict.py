@@ -201,7 +201,7 @@ def predict_table(model: ZooModel, path: str | Path, output: str | Path | None =
     path = Path(path)
     if output is not None:
         output = check_output(output)
-    if hasattr(model.head, "query") and candidates is None:
+    if model.head.ranks and candidates is None:
         raise ZooError(f"task {model.spec.name!r} ranks candidates: give --candidates TABLE "
                        f"(with column {model.spec.inputs[model.head.candidate].column!r})")
     workers = resolve_workers(workers)

@@ -65,6 +65,11 @@ class HeadSpec(Component):
     targets: dict[str, str] = {}  # output name -> table column (none for a contrastive head: pairs are labels)
     unit: str | None = None
 
+    @property
+    def cls(self) -> type:
+        """The registered head class of this ``type``: what it decodes to (``kind``), its ``metrics``, ``ranks``."""
+        return HEADS[self.type]
+
 
 class DataFile(Spec):
     """One file of a data set: its sha256, and where it can be downloaded as it is (a tar ``member`` of it)."""
@@ -162,6 +167,26 @@ class Reference(Spec):
     source: str
 
 
+class ModelSpec(Spec):
+    """What running a trained model needs, and all that loading one validates: the ``model`` of an artifact's
+    config.yaml (format 2). The rest of a task entry (data, split, training, references, bench) is the artifact's
+    ``provenance``, kept for the record and never validated on load, so that a change to a benchmark setting, a
+    baseline or a data set's declaration never stops a saved model from loading."""
+
+    name: str
+    description: str = ""
+    inputs: dict[str, InputSpec]
+    encoders: dict[str, Component]
+    fusion: Component
+    head: HeadSpec
+    metric: str = ""                # the task's metric, for information (the scores are in metrics.json)
+    ensemble: int = Field(1, ge=1)  # models whose outputs are averaged (the task's train.ensemble)
+
+
+# The keys of a task entry that a ModelSpec copies (with train.ensemble as its ensemble).
+MODEL_KEYS = ("name", "description", "inputs", "encoders", "fusion", "head", "metric")
+
+
 class TaskSpec(Spec):
     name: str
     description: str
@@ -183,6 +208,14 @@ class TaskSpec(Spec):
             raise ValueError(f"unknown metric {v!r}; known: {', '.join(METRICS)}")
         return v
 
+    @property
+    def ensemble(self) -> int:
+        return self.train.ensemble
+
+    def model_spec(self) -> ModelSpec:
+        """The part of the entry a trained model needs to run (what its artifact's ``model`` holds)."""
+        return ModelSpec(**{key: getattr(self, key) for key in MODEL_KEYS}, ensemble=self.train.ensemble)
+
 
 def _params(cls: type) -> dict[str, inspect.Parameter]:
     """The keyword-only arguments of a registered class: the params a registry component may give it."""
@@ -192,7 +225,7 @@ def _params(cls: type) -> dict[str, inspect.Parameter]:
 def _check_params(where: str, key: str, registry: dict, spec: Component, skip: tuple[str, ...] = ()) -> None:
     """Validate a component's params against the keyword-only arguments of its registered class."""
     if spec.type not in registry:
-        raise ZooError(f"{where}: key '{key}.type': unknown type {spec.type!r}; known: {', '.join(sorted(registry))}")
+        raise ZooError(f"{where}: key '{key}.type': unknown type {spec.type!r}; known: {', '.join(registry.known())}")
     cls = registry[spec.type]
     hints = typing.get_type_hints(cls.__init__, include_extras=True)  # extras: the bounds (PositiveInt, ...)
     fields = {name: (hints.get(name, typing.Any), p.default) for name, p in _params(cls).items() if name not in skip}
@@ -361,25 +394,49 @@ class Registry:
 
 
 def validate_task(entry: dict) -> TaskSpec:
-    """A fully resolved entry (as saved in an artifact's config.yaml) -> TaskSpec, or a ZooError."""
+    """A fully resolved entry (a registry task with its encoders copied in, or a run's record) -> TaskSpec, or a
+    ZooError."""
     where = f"task {entry.get('name', '?')!r}"
     try:
         spec = TaskSpec.model_validate(entry)
     except ValidationError as err:
         raise ZooError(f"{where}: {_describe(err)}") from None
+    _check_model(where, spec, "", "train.ensemble")
+    if spec.metric not in spec.head.cls.metrics:
+        raise ZooError(f"{where}: key 'metric': {spec.metric!r} does not score a {spec.head.type} head; its metrics: "
+                       f"{', '.join(spec.head.cls.metrics)}")
+    return spec
+
+
+def validate_model(entry: dict, where: str, prefix: str = "model.") -> ModelSpec:
+    """An artifact's ``model`` -> ModelSpec, or a ZooError naming the key (under ``prefix``) and why. Only what
+    building and running the model needs is checked: component types registered, their params, input names."""
+    try:
+        spec = ModelSpec.model_validate(entry)
+    except ValidationError as err:
+        raise ZooError(f"{where}: {_describe(err, prefix.rstrip('.'))}") from None
+    _check_model(where, spec, prefix, f"{prefix}ensemble" if prefix == "model." else f"{prefix}train.ensemble")
+    return spec
+
+
+def _check_model(where: str, spec: TaskSpec | ModelSpec, prefix: str, ensemble_key: str) -> None:
+    """The checks a task entry and a saved model share: what building the model needs."""
     for key, names in (("inputs", spec.inputs), ("encoders", spec.encoders)):
         for name in names:
-            _check_name(where, key, name)
+            _check_name(where, f"{prefix}{key}", name)
+    for name, inp in spec.inputs.items():
+        if inp.encoder not in spec.encoders:
+            raise ZooError(f"{where}: key '{prefix}inputs.{name}.encoder': no encoder {inp.encoder!r} in "
+                           f"'{prefix}encoders' (there: {', '.join(spec.encoders) or 'none'})")
     for name, enc in spec.encoders.items():
-        _check_params(where, f"encoders.{name}", ENCODERS, enc)
-    _check_params(where, "fusion", FUSIONS, spec.fusion)
-    _check_params(where, "head", HEADS, spec.head, skip=("targets",))
+        _check_params(where, f"{prefix}encoders.{name}", ENCODERS, enc)
+    _check_params(where, f"{prefix}fusion", FUSIONS, spec.fusion)
+    _check_params(where, f"{prefix}head", HEADS, spec.head, skip=("targets",))
     if not spec.inputs:
-        raise ZooError(f"{where}: key 'inputs': a task needs at least one input")
-    if spec.train.ensemble > 1 and spec.head.type == "contrastive":
-        raise ZooError(f"{where}: key 'train.ensemble': a contrastive head cannot be ensembled (each model's "
-                       "embeddings live in a space of their own)")
-    return spec
+        raise ZooError(f"{where}: key '{prefix}inputs': a task needs at least one input")
+    if spec.ensemble > 1 and spec.head.cls.ranks:
+        raise ZooError(f"{where}: key '{ensemble_key}': a {spec.head.type} head ranks candidates by embeddings and "
+                       "cannot be ensembled (each model's embeddings live in a space of their own)")
 
 
 def safe_yaml(text: str):

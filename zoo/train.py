@@ -351,7 +351,7 @@ class Trainer:
         for part, source, index in (("val", data, val_idx), ("test", test, test_idx)):
             if len(index):
                 pred, true = self.evaluate(model, source, index)
-                metrics[part] = {name: score(name, true, pred) for name in _family_metrics(spec.metric)}
+                metrics[part] = {name: score(name, true, pred) for name in _family_metrics(spec)}
                 metrics[f"{part}_predictions"] = {"true": true.tolist(), "pred": pred.tolist()}
         metrics["wall_s"] = round(time.perf_counter() - started, 2)
         if self.out and rank == 0:
@@ -493,11 +493,9 @@ def _ddp(model: ZooModel) -> torch.nn.parallel.DistributedDataParallel:
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
 
-def _family_metrics(metric: str) -> tuple[str, ...]:
-    families = {"roc_auc": ("roc_auc",), "entity_f1": ("entity_f1",),
-                "mrr": ("mrr", "hits@1", "hits@10", "mrr_reverse"), "accuracy": ("accuracy", "macro_f1"),
-                "macro_f1": ("macro_f1", "accuracy")}
-    return families.get(metric, ("rmse", "mae", "r2"))
+def _family_metrics(spec: TaskSpec) -> tuple[str, ...]:
+    """The metrics a task's validation and test sets are scored by: its head's (``Head.metrics``), in their order."""
+    return spec.head.cls.metrics
 
 
 def _without_predictions(metrics: dict) -> dict:
