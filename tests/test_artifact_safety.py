@@ -63,7 +63,7 @@ def test_damaged_weights_fail_on_their_hash_before_any_model_is_built(artifact, 
 ])
 def test_a_config_naming_a_type_outside_the_registries_is_refused(artifact, key, value):
     def edit(config):
-        node = config["task"]
+        node = config["model"]
         *parents, leaf = key.split(".")
         for part in parents:
             node = node[part]
@@ -148,7 +148,7 @@ except ZooError as err:
 
 def test_a_config_claiming_a_huge_model_is_refused_before_it_is_allocated(artifact):
     # The weights still match their hash; only config.yaml says 40000 wide (13 GB, were it built).
-    _edit_config(artifact, lambda c: c["task"]["encoders"]["molecule-dmpnn"].update(hidden=40000))
+    _edit_config(artifact, lambda c: c["model"]["encoders"]["molecule-dmpnn"].update(hidden=40000))
     done = subprocess.run([sys.executable, "-c", HUGE, str(artifact)], capture_output=True, text=True, cwd=ROOT,
                           timeout=300)
     assert done.returncode == 0 and len(done.stdout.splitlines()) == 2, done.stderr[-2000:]

@@ -3,7 +3,22 @@
 Weights are safetensors only (loading a stranger's checkpoint must never run code), every file is written
 to a temporary name and renamed into place, and config.yaml is written last and records the weights' sha256,
 so a folder is either a complete artifact or refused on load. The config names its encoder, fusion and head
-types, which must be registered ones: a config cannot make the loader import or build anything else.
+types, which must be registered ones (built in, or offered by an installed package's entry point): a config cannot
+make the loader import or build anything else.
+
+config.yaml is versioned by ``format`` (``FORMAT``). Format 2::
+
+    format: 2
+    model:            # what running the model needs, and all that loading validates (zoo.registry.ModelSpec)
+      name, description, inputs, encoders, fusion, head, metric, ensemble
+    provenance:       # how it was made, for the record; never validated on load
+      task: {data, train, weights, references, bench}   # the rest of the task entry it was trained from
+      versions, backbones, data_sha256
+    weights_sha256: ...
+
+Format 1 (written before formats had numbers, no ``format`` key) held the whole task entry under ``task`` beside
+versions, backbones, data_sha256 and weights_sha256; ``upgrade_config`` reads it as format 2. A format above
+``FORMAT`` is refused in one line: it was written by a newer SciZoo.
 """
 from __future__ import annotations
 
@@ -26,10 +41,11 @@ from safetensors.torch import load as load_safetensors, save_file
 
 from encoders import ZooError
 from zoo.model import Ensemble, ZooModel, build_model, resolve_device
-from zoo.registry import Registry, TaskSpec, load_registry, safe_yaml, validate_task
+from zoo.registry import MODEL_KEYS, ModelSpec, Registry, TaskSpec, load_registry, safe_yaml, validate_model
 
 BUNDLED = Path(__file__).resolve().parent / "weights"
 FILES = ("config.yaml", "model.safetensors", "metrics.json", "card.md")
+FORMAT = 2  # the layout of config.yaml that ``save`` writes; ``load_artifact`` reads 1 to FORMAT
 
 
 def zoo_home() -> Path:
@@ -132,16 +148,62 @@ def save(model: ZooModel | Ensemble, out: Path, metrics: dict, data_sha256: str 
     atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     atomic_write_text(out / "card.md", model_card(model.spec, metrics, data_sha256))
+    spec = model.spec
+    if isinstance(spec, TaskSpec):
+        model_spec, task = spec.model_spec(), {k: v for k, v in spec.model_dump(mode="json").items() if k not in MODEL_KEYS}
+    else:  # a loaded model saved again: it keeps the provenance it was loaded with
+        model_spec, task = spec, getattr(model, "provenance", {}).get("task", {})
     config = {
-        "task": model.spec.model_dump(mode="json"),
-        "versions": versions(),
-        # Frozen pretrained parts are not in model.safetensors; loading rebuilds them from these packages.
-        "backbones": {n: e.backbone for n, e in model.encoders.items() if hasattr(e, "backbone")},
-        "data_sha256": data_sha256,
+        "format": FORMAT,
+        "model": model_spec.model_dump(mode="json"),
+        "provenance": {
+            "task": task,
+            "versions": versions(),
+            # Frozen pretrained parts are not in model.safetensors; loading rebuilds them from these packages.
+            "backbones": {n: e.backbone for n, e in model.encoders.items() if hasattr(e, "backbone")},
+            "data_sha256": data_sha256 or getattr(model, "provenance", {}).get("data_sha256"),
+        },
         "weights_sha256": sha256_file(weights),
     }
     atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     return out
+
+
+def upgrade_config(config: dict, where: str | os.PathLike = "config.yaml") -> dict:
+    """A format 1 config (the whole task entry under ``task``) as format 2: the entry's model keys under
+    ``model``, with ``train.ensemble`` as ``model.ensemble``; the rest of the entry, versions, backbones and the
+    data's sha256 under ``provenance``. Nothing is validated here; ``read_config`` validates the model part."""
+    task = config.get("task")
+    if not isinstance(task, dict):
+        raise ZooError(f"{where}: not a SciZoo model config (no 'format', and no 'task' mapping)")
+    train = task.get("train") if isinstance(task.get("train"), dict) else {}
+    model = {k: task[k] for k in MODEL_KEYS if k in task} | {"ensemble": train.get("ensemble", 1)}
+    provenance = {"task": {k: v for k, v in task.items() if k not in MODEL_KEYS}}
+    provenance |= {k: config[k] for k in ("versions", "backbones", "data_sha256") if k in config}
+    return {"format": FORMAT, "model": model, "provenance": provenance, "weights_sha256": config.get("weights_sha256")}
+
+
+def read_config(config, where: str | os.PathLike) -> tuple[ModelSpec, dict, str | None]:
+    """A parsed config.yaml -> (its model, validated; its provenance, as recorded; the weights' sha256). Reads
+    every format up to ``FORMAT`` (format 1 through ``upgrade_config``) and refuses a newer one in one line."""
+    if not isinstance(config, dict):
+        raise ZooError(f"{where}: not a SciZoo model config (not a mapping)")
+    version = config.get("format", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ZooError(f"{where}: format {version!r} is not a SciZoo model format (1 to {FORMAT})")
+    if version > FORMAT:
+        raise ZooError(f"{where}: model format {version} was written by a newer SciZoo (this one reads formats 1 to "
+                       f"{FORMAT}); upgrade scizoo to load it")
+    if version == 1:
+        config = upgrade_config(config, where)
+    if not isinstance(config.get("model"), dict):
+        raise ZooError(f"{where}: not a SciZoo model config (no 'model' mapping)")
+    prefix = "task." if version == 1 else "model."
+    # refuses any encoder, fusion or head type outside our registries
+    spec = validate_model(config["model"], str(where), prefix)
+    provenance = config.get("provenance") if isinstance(config.get("provenance"), dict) else {}
+    sha = config.get("weights_sha256")
+    return spec, provenance, sha if isinstance(sha, str) else None
 
 
 def load_artifact(path: str | os.PathLike, device: str | torch.device = "auto", merge: bool = True) -> ZooModel | Ensemble:
@@ -160,16 +222,14 @@ def load_artifact(path: str | os.PathLike, device: str | torch.device = "auto", 
         config = safe_yaml(config_path.read_text())  # safe: a config cannot construct Python objects
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ZooError(f"{config_path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(config, dict) or not isinstance(config.get("task"), dict):
-        raise ZooError(f"{config_path}: not a SciZoo model config (no 'task' mapping)")
-    if not isinstance(config.get("weights_sha256"), str):
+    spec, provenance, weights_sha256 = read_config(config, config_path)
+    if weights_sha256 is None:
         raise ZooError(f"{config_path}: records no weights_sha256, so model.safetensors cannot be checked")
-    spec = validate_task(config["task"])  # refuses any encoder, fusion or head type outside our registries
     weights = path / "model.safetensors"
     if not weights.is_file():
         raise ZooError(f"{path}: model.safetensors is missing")
     data = weights.read_bytes()  # hashed and parsed from the same bytes: no window for the file to change
-    if hashlib.sha256(data).hexdigest() != config["weights_sha256"]:
+    if hashlib.sha256(data).hexdigest() != weights_sha256:
         raise ZooError(f"{weights}: sha256 does not match config.yaml (truncated or modified file)")
     try:
         state = load_safetensors(data)
@@ -180,6 +240,7 @@ def load_artifact(path: str | os.PathLike, device: str | torch.device = "auto", 
     _check_tensors(weights, state, shapes)
     model = build_model(spec)
     model.load_state_dict(state, strict=False)  # every key was checked above; the rest came with the backbone
+    model.provenance = provenance  # how it was made, as config.yaml records it (``save`` keeps it)
     if merge:
         for encoder in model.modules():
             if hasattr(encoder, "merge_lora"):
@@ -277,7 +338,12 @@ def load(name_or_path: str | os.PathLike, registry: Registry | None = None, devi
     return load_artifact(resolve_weights(registry.task(str(name_or_path))), device, merge)
 
 
-def model_card(spec: TaskSpec, metrics: dict, data_sha256: str | None = None) -> str:
+def model_card(spec: TaskSpec | ModelSpec, metrics: dict, data_sha256: str | None = None) -> str:
+    if not isinstance(spec, TaskSpec):  # a loaded model saved again: its data and training are in config.yaml
+        inputs = ", ".join(f"{n} ({i.column} -> {i.encoder}, {i.transfer})" for n, i in spec.inputs.items())
+        return (f"# {spec.name}\n\n{spec.description}\n\n- Inputs: {inputs}\n- Fusion: {spec.fusion.type}; head: "
+                f"{spec.head.type} -> {', '.join(spec.head.targets)} ({spec.head.unit or 'no unit'})\n"
+                f"- Data, split and training: config.yaml's provenance\n")
     refs = "\n".join(
         f"| {name} | {r.value}{f' ± {r.std}' if r.std is not None else ''} | {r.source} |"
         for name, r in spec.references.items()
