@@ -168,17 +168,17 @@ class Inference:
         ``batch_size`` rows and ``tokens`` padded tokens (``size_batches``). A batch keeps its rows' features
         only when the head's ``describe`` reads them: passing features between processes costs as much as
         making them."""
-        good, errors = [], {}
+        good, errors = [], {}  # good: (size, row, features)
         for i, (features, err) in enumerate(self.featurize_rows(rows)):
             if err is None:
-                good.append((i, features))
+                good.append((feature_size(features), i, features))
             else:
                 errors[i] = str(err)
-        good.sort(key=lambda item: feature_size(item[1]))
+        good.sort(key=lambda item: item[0])
         batches = []
-        for start, end in size_batches([feature_size(f) for _, f in good], batch_size, tokens):
-            features = [f for _, f in good[start:end]]
-            batches.append(([i for i, _ in good[start:end]], features if self.head.describe_uses_features else None,
+        for start, end in size_batches([size for size, _, _ in good], batch_size, tokens):
+            features = [f for _, _, f in good[start:end]]
+            batches.append(([i for _, i, _ in good[start:end]], features if self.head.describe_uses_features else None,
                             self.collate(features)))
         return Prepared(chunk, len(rows), errors, batches)
 
