@@ -1,10 +1,14 @@
 """Train/validation/test splits, reproducible from a seed."""
 from __future__ import annotations
 
+import json
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 from rdkit import Chem
+
+from encoders import ZooError
 
 
 def random_split(keys: list, fractions: tuple[float, float, float], seed: int) -> tuple[np.ndarray, ...]:
@@ -97,3 +101,64 @@ def group_split(groups: list, fractions: tuple[float, float, float], seed: int) 
 # the three fractions and a seed.
 SPLITS = {"random": random_split, "scaffold": scaffold_split, "matbench-kfold": matbench_split,
           "stratified": stratified_split, "group": group_split}
+
+
+# Splits a user gives rather than computes: each row's set named in a column, or row indices in a JSON file
+# (chemprop's --splits-column and --splits-file). Both return indices into the table's rows.
+GIVEN_SPLITS = ("column", "file")
+_SET_NAMES = {"train": 0, "val": 1, "valid": 1, "validation": 1, "test": 2}
+
+
+def column_split(labels: list, column: str, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Positions in ``labels`` (each row's value of ``column``; ``rows``: their rows in the table, for messages) by
+    the set each names: train, val (or valid, validation) or test, in any case."""
+    parts: tuple[list[int], ...] = ([], [], [])
+    for i, label in enumerate(labels):
+        part = _SET_NAMES.get(label.strip().lower()) if isinstance(label, str) else None
+        if part is None:
+            raise ZooError(f"row {rows[i]}: split column {column!r} holds {label!r}; each row needs train, val or "
+                           "test")
+        parts[part].append(i)
+    return tuple(np.array(p, dtype=int) for p in parts)
+
+
+def file_split(path: str | Path, n_rows: int, seed: int) -> tuple[np.ndarray, ...]:
+    """chemprop's splits file: a JSON list of {"train": [...], "val": [...], "test": [...]} (val and test may be
+    absent), one per replicate; seed k takes the k-th. Indices are 0-based rows of the table, each an integer or
+    a string of them and inclusive ranges ("0-2,4"). No row may be in two sets; rows in none are not used."""
+    try:
+        splits = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ZooError(f"split file {path}: cannot read it as JSON ({err})") from None
+    splits = [splits] if isinstance(splits, dict) else splits
+    if not isinstance(splits, list) or not all(isinstance(s, dict) and "train" in s for s in splits):
+        raise ZooError(f"split file {path}: expected a list of {{'train': [...], 'val': [...], 'test': [...]}}")
+    if not 0 <= seed < len(splits):
+        raise ZooError(f"split file {path}: seed {seed} takes split {seed}, but the file has {len(splits)} "
+                       f"(seeds 0-{len(splits) - 1})")
+    parts, seen = [], {}
+    for name in ("train", "val", "test"):
+        index = _indices(splits[seed].get(name, []), f"split file {path}: split {seed} {name!r}")
+        for i in index:
+            if not 0 <= i < n_rows:
+                raise ZooError(f"split file {path}: split {seed} {name!r} has row {i}; the table has {n_rows} rows")
+            if seen.setdefault(i, name) != name:
+                raise ZooError(f"split file {path}: split {seed}: row {i} is in both {seen[i]!r} and {name!r}")
+        parts.append(np.array(index, dtype=int))
+    return tuple(parts)
+
+
+def _indices(value, where: str) -> list[int]:
+    """[0, 1, 4] or "0-2,4" (chemprop's two spellings) -> a list of ints."""
+    if isinstance(value, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+        return value
+    if not isinstance(value, str):
+        raise ZooError(f"{where}: expected a list of row indices or a string such as '0-2,4', got {value!r}")
+    out = []
+    for item in value.split(","):
+        start, _, end = item.strip().partition("-")
+        try:
+            out += range(int(start), int(end or start) + 1)
+        except ValueError:
+            raise ZooError(f"{where}: {item!r} is not a row index or a range such as '0-2'") from None
+    return out

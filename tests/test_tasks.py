@@ -61,13 +61,15 @@ def test_scaffold_split_never_puts_one_scaffold_in_two_sets():
 
 
 def test_a_row_that_cannot_be_featurized_leaves_the_matbench_folds_as_published():
+    from zoo.registry import DataSpec
     from zoo.train import Prepared, split
 
     kept = np.array([i for i in range(103) if i != 40])  # row 40 failed to featurize
     data = Prepared(features=[{}] * len(kept), targets=np.zeros(len(kept)), keys=kept.tolist(), rows=kept, n_rows=103)
     for fold in range(5):
         published = set(matbench_split(list(range(103)), (0.7, 0.1, 0.2), fold)[2].tolist()) - {40}
-        assert set(kept[split(data, "matbench-kfold", (0.7, 0.1, 0.2), fold)[2]].tolist()) == published
+        spec = DataSpec(dataset="toy", file="t.csv", split="matbench-kfold", fractions=(0.7, 0.1, 0.2))
+        assert set(kept[split(data, spec, fold)[2]].tolist()) == published
 
 
 def test_matbench_split_uses_the_published_kfold_and_covers_every_row_once():

@@ -94,3 +94,61 @@ def test_a_benchmark_of_a_split_with_no_test_set_is_refused_before_training(text
                  str(tmp_path), "--set", "data.fractions=[0.9, 0.1, 0.0]"]) == 2
     err = capsys.readouterr().err.strip()
     assert "leave no test set" in err and "\n" not in err
+
+
+def test_a_run_refused_early_leaves_no_half_begun_out_folder(textbook_csv, tmp_path, capsys):
+    out, kept = tmp_path / "new", tmp_path / "existing"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    for folder in (out, kept):
+        assert _train(textbook_csv, folder, "--set=head.targets.logS=absent") == 2
+        assert "no column 'absent'" in capsys.readouterr().err
+    assert not out.exists()  # made by the run, so removed with it
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"]  # the user's folder: only what the run wrote goes
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(textbook_csv, tmp_path):
+    done, killed = tmp_path / "done", tmp_path / "killed"
+    assert _train(textbook_csv, done, "--set=train.epochs=2") == 0
+    killed.mkdir()
+    (killed / "run.yaml").write_text((done / "run.yaml").read_text())  # all a kill during featurization leaves
+    assert main(["train", "--resume", str(killed)]) == 0
+    first, again = (json.loads((d / "metrics.json").read_text()) for d in (done, killed))
+    assert again["val"] == first["val"]
+
+
+def test_wall_time_after_resume_counts_the_killed_part_and_the_resumed_part(textbook_csv, tmp_path):
+    from zoo.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    assert _train(textbook_csv, out, "--set=train.epochs=2") == 0
+    before = load_checkpoint(out)["run"]["wall_s"]  # what the first process had spent by its last checkpoint
+    assert main(["train", "--resume", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 < before and 0 < metrics["resumed_wall_s"]
+    assert metrics["wall_s"] == pytest.approx(before + metrics["resumed_wall_s"], abs=0.02)
+
+
+def test_a_user_task_trains_on_data_alone_and_info_prints_a_command_that_works(textbook_csv, tmp_path, capsys):
+    registry = tmp_path / "mine.yaml"
+    registry.write_text(textwrap.dedent("""
+        tasks:
+          logp:
+            description: a user's task with no data set of its own
+            inputs:
+              smiles: {column: smiles, encoder: molecule-dmpnn}
+            fusion: {type: mean, dim: 32}
+            head: {type: regression, hidden: 32, targets: {logS: measured log solubility in mols per litre}}
+            data: {split: random}
+            train: {epochs: 2, batch_size: 16}
+            metric: rmse
+    """))
+    assert main(["--registry", str(registry), "train", "logp", "--out", str(tmp_path / "no-data")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "names no data.dataset and data.file" in err and "--data" in err and "\n" not in err
+    assert main(["--registry", str(registry), "info", "logp"]) == 0
+    command = capsys.readouterr().out.splitlines()[-1].split("`")[1]
+    assert command.startswith(f"zoo --registry {registry} train logp --data TABLE --out ")
+    out = tmp_path / "model"
+    argv = command.replace("TABLE", str(textbook_csv)).split()[1:-1] + [str(out)]
+    assert main(argv) == 0 and (out / "model.safetensors").is_file()

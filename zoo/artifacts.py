@@ -41,7 +41,8 @@ from safetensors.torch import load as load_safetensors, save_file
 
 from encoders import ZooError
 from zoo.model import Ensemble, ZooModel, build_model, resolve_device
-from zoo.registry import MODEL_KEYS, ModelSpec, Registry, TaskSpec, load_registry, safe_yaml, validate_model
+from zoo.registry import (BUILTIN_REGISTRY, MODEL_KEYS, ModelSpec, Registry, TaskSpec, load_registry, safe_yaml,
+                          validate_model)
 
 BUNDLED = Path(__file__).resolve().parent / "weights"
 FILES = ("config.yaml", "model.safetensors", "metrics.json", "card.md")
@@ -290,8 +291,9 @@ def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
     return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
 
 
-def resolve_weights(spec: TaskSpec) -> Path:
-    """Where a registry task's weights are: explicit folder > local store > bundled > hf:// (when online)."""
+def resolve_weights(spec: TaskSpec, registry: Registry | None = None) -> Path:
+    """Where a registry task's weights are: explicit folder > local store > bundled > hf:// (when online). With
+    none, the error gives the ``zoo train`` command that makes them (``registry``: where the task came from)."""
     if spec.weights != "bundled" and not spec.weights.startswith("hf://"):
         return Path(spec.weights).expanduser()
     for candidate in (zoo_home() / spec.name, BUNDLED / spec.name):
@@ -299,8 +301,13 @@ def resolve_weights(spec: TaskSpec) -> Path:
             return candidate
     if spec.weights.startswith("hf://"):
         return download(spec.weights, zoo_home() / spec.name)
+    from zoo.data import findable  # zoo.data reads and writes through this module
+
+    origin = registry.origins.get(spec.name) if registry else None
+    user = f" --registry {origin}" if origin and origin != BUILTIN_REGISTRY else ""
+    data = "" if findable(spec) else " --data TABLE"
     raise ZooError(f"task {spec.name!r} has no trained weights here; train them with "
-                   f"`zoo train {spec.name} --out {zoo_home() / spec.name}`")
+                   f"`zoo{user} train {spec.name}{data} --out {zoo_home() / spec.name}`")
 
 
 def download(url: str, into: Path) -> Path:
@@ -335,7 +342,7 @@ def load(name_or_path: str | os.PathLike, registry: Registry | None = None, devi
     if Path(name_or_path).is_dir():
         return load_artifact(name_or_path, device, merge)
     registry = registry or load_registry()
-    return load_artifact(resolve_weights(registry.task(str(name_or_path))), device, merge)
+    return load_artifact(resolve_weights(registry.task(str(name_or_path)), registry), device, merge)
 
 
 def model_card(spec: TaskSpec | ModelSpec, metrics: dict, data_sha256: str | None = None) -> str:
@@ -354,14 +361,15 @@ def model_card(spec: TaskSpec | ModelSpec, metrics: dict, data_sha256: str | Non
     inputs = ", ".join(f"{n} ({i.column} -> {i.encoder}, {i.transfer})" for n, i in spec.inputs.items())
     k = spec.train.ensemble
     ensemble = f"; an ensemble of {k} models (seeds {spec.train.seed}-{spec.train.seed + k - 1}), outputs averaged" if k > 1 else ""
+    data = f"{spec.data.dataset}/{spec.data.file}" if spec.data.dataset else "a table of the user's"
     return f"""# {spec.name}
 
 {spec.description}
 
 - Inputs: {inputs}
 - Fusion: {spec.fusion.type}; head: {spec.head.type} -> {', '.join(spec.head.targets)} ({spec.head.unit or 'no unit'})
-- Data: {spec.data.dataset}/{spec.data.file} (sha256 {data_sha256 or 'not recorded'}; source: {spec.data.source or 'not recorded'})
-- Split: {spec.data.split} {list(spec.data.fractions)}, seed {spec.train.seed}{ensemble}
+- Data: {data} (sha256 {data_sha256 or 'not recorded'}; source: {spec.data.source or 'not recorded'})
+- Split: {spec.data.describe_split()}, seed {spec.train.seed}{ensemble}
 - Test {spec.metric}: {test_text}
 
 | reference | {spec.metric} | source |

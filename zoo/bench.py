@@ -265,7 +265,7 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
         bundle_dir()  # an installed package is refused now, not after hours of training
     for variant, variant_overrides in chosen.items():  # before any training: a benchmark is scored on test sets
         data_spec = registry.task(task, {**base, **variant_overrides}).data
-        if not data_spec.fractions[2] and not data_spec.test_file and data_spec.split != "matbench-kfold":
+        if not data_spec.fractions[2] and not data_spec.test_file and data_spec.cut_by_fractions:
             raise ZooError(f"task {task!r}: variant {variant!r}: data.fractions {list(data_spec.fractions)} leave "
                            "no test set to score a benchmark on")
     seeds = (seeds or spec.data.seeds)[: 1 if quick else None]
@@ -275,7 +275,8 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
     rows, data_sha = read_dataset(path, spec.data.reader), sha256_file(path)
     test_path = spec.data.test_file and (path.parent / spec.data.test_file if data else data_file(spec, spec.data.test_file))
     test = fixed_test_set(spec, test_path)
-    if quick:  # a subset: nothing cached under the full data's hash
+    # --quick: a subset, cached under no hash; a split file names rows of the whole table, which it then keeps
+    if quick and spec.data.split != "file":
         rows, data_sha = _subset(rows, QUICK_ROWS), None
         if test:
             test = {"test_rows": _subset(test["test_rows"], QUICK_TEST_ROWS), "test_sha256": None}
@@ -295,11 +296,15 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
                 resume = (out / CHECKPOINT).is_file() or any(out.glob(f"member-*/{CHECKPOINT}"))
                 model, m = Trainer(seed_spec, out=out, progress=not quick).fit(rows, data_sha256=data_sha,
                                                                                 resume=resume, **test)
+                if "test" not in m:
+                    raise ZooError(f"task {task!r}: the {spec.data.describe_split()} split leaves no test rows to "
+                                   "score a benchmark on")
                 wall = time.perf_counter() - start
                 weights_mb = (out / "model.safetensors").stat().st_size / 1e6
                 history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
                 runs.append({"variant": variant, "seed": seed, "val": m["val"], "test": m["test"],
                              "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"], "wall_s": round(wall, 1),
+                             **{k: m[k] for k in ("n_train", "n_val", "n_test")},
                              "weights_mb": round(weights_mb, 2), **detail(model, m["test_predictions"]),
                              "history": history, "overrides": {**base, **variant_overrides}, "git_commit": commit,
                              "test_true": m["test_predictions"]["true"], "test_pred": m["test_predictions"]["pred"]})
@@ -335,7 +340,7 @@ def _baseline_runs(registry: Registry, task: str, name: str, overrides: dict, ro
     for seed in seeds:
         model = ZooModel(registry.task(task, {**overrides, "train.seed": seed}))
         prepared = prepare(model, rows, progress=False, data_sha256=data_sha)  # cached by the runs above
-        train_idx, val_idx, test_idx = split(prepared, model.spec.data.split, model.spec.data.fractions, seed)
+        train_idx, val_idx, test_idx = split(prepared, model.spec.data, seed)
         start = time.perf_counter()
         pred = np.asarray(BASELINES[name](prepared.features, prepared.targets,
                                           np.concatenate([train_idx, val_idx]), test_idx))
@@ -383,8 +388,8 @@ def _record(spec: TaskSpec, chosen: dict, runs: list[dict], rates: dict, seeds: 
                       "featurization_rows_per_s": round(rates[v], 1), **summaries[v]} for v in chosen}
     return {
         "task": spec.name, "metric": spec.metric, "quick": quick, **({"note": QUICK_NOTE} if quick else {}),
-        "split": f"{spec.data.split} {list(spec.data.fractions)}", f"{seed_name}s": seeds,
-        "data": f"{spec.data.dataset}/{path.name}", "data_sha256": data_sha, "data_source": spec.data.source,
+        "split": spec.data.describe_split(), f"{seed_name}s": seeds,
+        "data": f"{spec.data.dataset}/{path.name}" if spec.data.dataset else str(path), "data_sha256": data_sha, "data_source": spec.data.source,
         "mean": by_variant[first]["mean"], "std": by_variant[first]["std"], "variants": by_variant,
         "baselines": {name: summaries[name] for name in spec.bench.baselines},
         "runs": [{k: v for k, v in r.items() if k not in ("test_true", "test_pred")} for r in runs],

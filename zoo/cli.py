@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from zoo.predict import check_output, predict_table
 from zoo.registry import load_registry, parse_overrides, validate_task
 from zoo.tables import read_dataset
 from zoo.model import resolve_device, resolve_workers
-from zoo.train import Trainer, fixed_test_set, train_lock
+from zoo.train import CHECKPOINT, Trainer, fixed_test_set, train_lock
 
 
 RUN_FILE = "run.yaml"  # what a training run was started with, so --resume needs nothing else
@@ -30,6 +31,25 @@ def _test_file(spec, data: Path, beside: bool) -> str | None:
     if not spec.data.test_file:
         return None
     return str(data.parent / spec.data.test_file if beside else data_file(spec, spec.data.test_file))
+
+
+def _overrides(args) -> dict[str, object]:
+    """``--set`` pairs, with chemprop's ``--splits-column`` and ``--splits-file`` as the split keys they stand for."""
+    out = parse_overrides(args.set)
+    if args.splits_column and args.splits_file:
+        raise ZooError("--splits-column and --splits-file are two ways to give a split: give one")
+    if args.splits_column:
+        out |= {"data.split": "column", "data.split_column": args.splits_column}
+    if args.splits_file:
+        out |= {"data.split": "file", "data.split_file": args.splits_file}
+    return out
+
+
+def _split_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--splits-column", metavar="COLUMN", help="the column naming each row's set: train, val or test "
+                   "(the registry's data.split: column)")
+    p.add_argument("--splits-file", metavar="JSON", help="chemprop's splits file: a list of {train, val, test} row "
+                   "indices, the k-th for seed k (the registry's data.split: file)")
 
 
 def cmd_list(args) -> int:
@@ -46,7 +66,7 @@ def cmd_info(args) -> int:
     spec = registry.task(args.task, parse_overrides(args.set))
     print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), end="")
     try:
-        print(f"# weights: {resolve_weights(spec)}")
+        print(f"# weights: {resolve_weights(spec, registry)}")
     except ZooError as err:
         print(f"# weights: {err}")
     return 0
@@ -70,23 +90,34 @@ def cmd_train(args) -> int:
         run = yaml.safe_load((out / RUN_FILE).read_text())
         spec, path, test_path = validate_task(run["task"]), Path(run["data"]), run["test_data"]
     elif args.task and args.out:
-        spec = load_registry(args.registry).task(args.task, parse_overrides(args.set))
+        spec = load_registry(args.registry).task(args.task, _overrides(args))
         path = Path(args.data) if args.data else data_file(spec, spec.data.file)
         test_path = args.test_data or _test_file(spec, path, beside=bool(args.data))
+        if spec.data.split_file:  # the run's record must find it from wherever --resume is run
+            spec.data.split_file = str(Path(spec.data.split_file).resolve())
     else:
         raise ZooError("zoo train needs a TASK and --out DIR, or --resume DIR")
     rows, test = read_dataset(path, spec.data.reader), fixed_test_set(spec, test_path)
+    made = not out.exists()
     with process_group(device):
         rank = rank_and_world()[0]
         # The lock before run.yaml: a second run into a busy --out must refuse before it rewrites the record
         # that the first needs to resume (fit takes the same lock again, which passes within this process).
         with train_lock(out) if rank == 0 else contextlib.nullcontext():
-            if not args.resume and rank == 0:
-                run = {"task": spec.model_dump(mode="json"), "data": str(path.resolve()),
-                       "test_data": test_path and str(Path(test_path).resolve())}
-                atomic_write_text(out / RUN_FILE, yaml.safe_dump(run, sort_keys=False))
-            trainer = Trainer(spec, out=out, device=args.device, workers=args.workers)
-            _, metrics = trainer.fit(rows, data_sha256=sha256_file(path), resume=bool(args.resume), **test)
+            try:
+                if not args.resume and rank == 0:
+                    run = {"task": spec.model_dump(mode="json"), "data": str(path.resolve()),
+                           "test_data": test_path and str(Path(test_path).resolve())}
+                    atomic_write_text(out / RUN_FILE, yaml.safe_dump(run, sort_keys=False))
+                trainer = Trainer(spec, out=out, device=args.device, workers=args.workers)
+                _, metrics = trainer.fit(rows, data_sha256=sha256_file(path), resume=bool(args.resume), **test)
+            except ZooError:  # refused before any checkpoint (a missing column, say): leave no half-begun --out
+                if rank == 0 and not args.resume and not any(out.rglob(CHECKPOINT)):
+                    if made:
+                        shutil.rmtree(out)
+                    else:
+                        (out / RUN_FILE).unlink(missing_ok=True)
+                raise
     if rank == 0:
         score = metrics.get("test", {}).get(spec.metric)
         tested = f"test {spec.metric} {score:.4f}" if score is not None else "no test set"
@@ -140,6 +171,7 @@ def parser() -> argparse.ArgumentParser:
                        "the main process); the result does not depend on it")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a registry key, e.g. train.epochs=5 (repeatable)")
+    _split_options(train)
     train.set_defaults(run=cmd_train)
 
     predict = sub.add_parser("predict", help="predict every row of a table")
@@ -164,11 +196,13 @@ def parser() -> argparse.ArgumentParser:
                        help="split seeds (Matbench: test folds); default: the registry's")
     bench.add_argument("--variants", nargs="+", help="which of the task's bench variants to run (default: all)")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a registry key")
+    _split_options(bench)
     bench.add_argument("--data", help="one task's data file, instead of $ZOO_DATA or the download cache")
     bench.add_argument("--results", help="folder for the JSON and plots (default: benchmarks/results, "
                                          "or benchmarks/results/quick with --quick)")
     bench.add_argument("--quick", action="store_true",
-                       help="a few hundred rows, two epochs, the first seed: checks the protocol runs")
+                       help="the task's own variant on a few hundred rows, two epochs, the first seed: checks the "
+                            "protocol runs (not comparable with anything)")
     bench.add_argument("--bundle", action="store_true", help="ship the best-validation run as the bundled weights")
     bench.add_argument("--work", help="keep each run's folder here (model, log, checkpoints); run again with the "
                                       "same folder, a killed run resumes and a finished one is not retrained")
@@ -199,7 +233,7 @@ def cmd_bench(args) -> int:
     for name in names:
         began = time.perf_counter()
         try:
-            bench_task(registry, name, seeds=args.seeds, variants=args.variants, overrides=parse_overrides(args.set),
+            bench_task(registry, name, seeds=args.seeds, variants=args.variants, overrides=_overrides(args),
                        results=results, quick=args.quick, bundle=args.bundle, data=args.data,
                        merge=args.merge, work=args.work and Path(args.work))
         except ZooError as err:

@@ -22,6 +22,9 @@ from zoo.registry import DataFile, TaskSpec
 
 def data_file(spec: TaskSpec, name: str) -> Path:
     """The local, hash-checked path of one of ``spec``'s data files (``spec.data.file`` or ``test_file``)."""
+    if not spec.data.dataset or not name:
+        raise ZooError(f"task {spec.name!r} names no data.dataset and data.file in its registry entry; give its "
+                       "table with --data")
     declared = spec.data.files.get(name, DataFile())
     where = f"{spec.data.dataset}/{name}"
     root = os.environ.get("ZOO_DATA")
@@ -41,6 +44,17 @@ def data_file(spec: TaskSpec, name: str) -> Path:
         raise ZooError(f"{path}: sha256 {got} is not the registry's {declared.sha256} for {where}; "
                        "this is not the file the benchmarks were run on")
     return path
+
+
+def findable(spec: TaskSpec) -> bool:
+    """Whether ``data_file`` can give the task's training table: under ZOO_DATA, downloaded, or to download."""
+    if not spec.data.dataset or not spec.data.file:
+        return False
+    root = os.environ.get("ZOO_DATA")
+    if root:
+        return (Path(root).expanduser() / spec.data.dataset / spec.data.file).is_file()
+    return ((zoo_home() / "data" / spec.data.dataset / spec.data.file).is_file()
+            or bool(spec.data.files.get(spec.data.file, DataFile()).url))
 
 
 def download(declared: DataFile, path: Path) -> None:

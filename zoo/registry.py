@@ -10,17 +10,17 @@ import copy
 import inspect
 import os
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from torch import nn
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from encoders import ENCODERS, ZooError
 from fusion import FUSIONS
-from tasks import HEADS, METRICS, READERS, SPLITS
+from tasks import GIVEN_SPLITS, HEADS, METRICS, READERS, SPLITS
 from tasks.baselines import BASELINES
 
 # Inside the package, so an installed wheel has it; the repository's top-level registry.yaml links here.
@@ -88,16 +88,18 @@ class DatasetSpec(Spec):
 
 
 class DataSpec(Spec):
-    dataset: str                 # folder name under ZOO_DATA
-    file: str                    # file inside that folder
+    dataset: str | None = None   # folder name under ZOO_DATA (a task trained only on --data needs none)
+    file: str | None = None      # file inside that folder
     test_file: str | None = None  # a fixed test set beside it; then ``file`` is split into train and val only
     reader: str = "table"        # how the files are read: a table, or a corpus format (see tasks.READERS)
     test_reader: str | None = None  # how test_file is read, where it differs
     source: str | None = None    # copied in from the dataset's declaration, like ``files``
     license: str | None = None
     files: dict[str, DataFile] = {}
-    split: str = "random"
+    split: str = "random"        # a computed split (SPLITS), or one the user gives: column or file
     split_key: str | None = None  # column a split groups by (scaffold: SMILES); default: the first input's
+    split_column: str = "split"  # split: column -> the column naming each row's set (train, val or test)
+    split_file: str | None = None  # split: file -> chemprop's splits JSON; seed k takes its k-th split
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seeds: list[int] = [0]
 
@@ -119,9 +121,25 @@ class DataSpec(Spec):
     @field_validator("split")
     @classmethod
     def _known_split(cls, v: str) -> str:
-        if v not in SPLITS:
-            raise ValueError(f"unknown split {v!r}; known: {', '.join(SPLITS)}")
+        if v not in SPLITS and v not in GIVEN_SPLITS:
+            raise ValueError(f"unknown split {v!r}; known: {', '.join([*SPLITS, *GIVEN_SPLITS])}")
         return v
+
+    @property
+    def cut_by_fractions(self) -> bool:
+        """Whether the split cuts the rows in ``fractions``: not Matbench's folds, nor a split the user gives."""
+        return self.split in SPLITS and self.split != "matbench-kfold"
+
+    def describe_split(self) -> str:
+        """How the rows are split, in words, for records."""
+        given = {"column": f"column {self.split_column!r}", "file": f"file {self.split_file}"}
+        return given.get(self.split, f"{self.split} {list(self.fractions)}")
+
+    @model_validator(mode="after")
+    def _split_file(self) -> "DataSpec":
+        if (self.split == "file") != bool(self.split_file):
+            raise ValueError("split: file and a split_file go together (split_file: a JSON of row indices)")
+        return self
 
 
 class TrainSpec(Spec):
@@ -341,6 +359,7 @@ class Registry:
     tasks: dict[str, dict]
     datasets: dict[str, DatasetSpec]
     sources: list[Path]
+    origins: dict[str, Path] = field(default_factory=dict)  # task -> the registry file that defines it
 
     def names(self) -> list[str]:
         return sorted(self.tasks)
@@ -462,17 +481,18 @@ def load_registry(user: str | os.PathLike | None = None) -> Registry:
     Every task is validated here, so a malformed entry fails at once rather than when it is first used.
     """
     sources = [BUILTIN_REGISTRY] + ([Path(user)] if user else [])
-    encoders, tasks, datasets = {}, {}, {}
+    encoders, tasks, datasets, origins = {}, {}, {}, {}
     for path in sources:
         data = _read_yaml(path)
         encoders.update(data.get("encoders") or {})
         tasks.update(data.get("tasks") or {})
+        origins.update(dict.fromkeys(data.get("tasks") or {}, path))
         for name, entry in (data.get("datasets") or {}).items():
             try:
                 datasets[name] = DatasetSpec.model_validate(entry)
             except ValidationError as err:
                 raise ZooError(f"registry {path}: dataset {name!r}: {_describe(err)}") from None
-    registry = Registry(encoders, tasks, datasets, sources)
+    registry = Registry(encoders, tasks, datasets, sources, origins)
     for name in registry.names():
         registry.task(name)
     return registry

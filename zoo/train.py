@@ -17,6 +17,7 @@ model: the same batches in the same order as in one process, so the result does 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import math
 import random
@@ -33,14 +34,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from encoders import ZooError
-from tasks import METRICS, SPLITS, score
-from zoo.artifacts import exclusive, save, sha256_file
+from tasks import METRICS, SPLITS, column_split, file_split, score
+from zoo.artifacts import atomic_write, atomic_write_text, exclusive, save, sha256_file
 from zoo.cache import cache_path, load_features, save_features
 from zoo.checkpoint import NAME as CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from zoo.distributed import rank_and_world
 from zoo.model import (FEATURIZE_ROWS, Ensemble, ZooModel, feature_size, resolve_device, resolve_workers,
                        to_device)
-from zoo.registry import TaskSpec
+from zoo.registry import DataSpec, TaskSpec
 from zoo.tables import read_dataset
 
 
@@ -93,8 +94,10 @@ def prepare(model: ZooModel, rows: list[dict], progress: bool = True, data_sha25
     """Featurize every row with a target, in chunks of ``FEATURIZE_ROWS`` (in ``workers`` processes, or here);
     with the data's sha256 the features are cached on disk."""
     spec = model.spec
-    key_column = spec.data.split_key or next(iter(spec.inputs.values())).column
+    key_column = (spec.data.split_column if spec.data.split == "column"
+                  else spec.data.split_key or next(iter(spec.inputs.values())).column)
     needed = [i.column for i in spec.inputs.values()] + list(spec.head.targets.values())
+    needed += [key_column] if spec.data.split == "column" else []
     absent = [c for c in dict.fromkeys(needed) if not rows or c not in rows[0]]
     if absent:
         raise ZooError(f"task {spec.name!r}: the training data has no column {', '.join(map(repr, absent))}"
@@ -141,16 +144,23 @@ def prepare(model: ZooModel, rows: list[dict], progress: bool = True, data_sha25
                     skipped)
 
 
-def split(data: Prepared, name: str, fractions: tuple[float, float, float], seed: int) -> tuple[np.ndarray, ...]:
-    """Train, validation and test positions into ``data``. Matbench's folds are of its published table, so they
-    are cut from every row and the unusable ones dropped after: a bad row leaves its fold one short instead of
-    reshuffling all five."""
-    if name != "matbench-kfold":
-        return SPLITS[name](data.keys, fractions, seed)
+def split(data: Prepared, spec: DataSpec, seed: int, fractions: tuple[float, float, float] | None = None
+          ) -> tuple[np.ndarray, ...]:
+    """Train, validation and test positions into ``data``, by ``spec.split`` (cut in ``fractions``, default the
+    spec's). A split the user gives (a file) and Matbench's folds are of the table's rows, so they are cut from
+    every row and the unusable ones dropped after: a bad row leaves its set one short instead of reshuffling all."""
+    fractions = fractions or spec.fractions
+    if spec.split == "column":  # the keys are each usable row's set, read from the split column
+        return column_split(data.keys, spec.split_column, data.rows)
+    if spec.split == "file":
+        parts = file_split(spec.split_file, data.n_rows, seed)
+    elif spec.split == "matbench-kfold":
+        parts = SPLITS[spec.split](list(range(data.n_rows)), fractions, seed)
+    else:
+        return SPLITS[spec.split](data.keys, fractions, seed)
     position = np.full(data.n_rows, -1)
     position[data.rows] = np.arange(len(data.rows))
-    return tuple(position[part][position[part] >= 0]
-                 for part in SPLITS[name](list(range(data.n_rows)), fractions, seed))
+    return tuple(position[part][position[part] >= 0] for part in parts)
 
 
 def fixed_test_set(spec: TaskSpec, path: str | Path | None) -> dict:
@@ -316,14 +326,18 @@ class Trainer:
         rank, world = rank_and_world()
         seed_everything(cfg.seed)
         first = ZooModel(spec).to(self.device)
-        started = time.perf_counter()
+        # Wall time: this process's, plus (on resume) what the killed run had spent by its last checkpoint.
+        self._started, self._before = time.perf_counter(), 0.0
         data = self._prepare(first, rows, data_sha256)
         fractions = spec.data.fractions
         if test_rows is not None:
             fractions = (fractions[0] / sum(fractions[:2]), fractions[1] / sum(fractions[:2]), 0.0)
-        train_idx, val_idx, test_idx = split(data, spec.data.split, fractions, cfg.seed)
-        if not fractions[2] and test_rows is None and spec.data.split != "matbench-kfold":  # no test set: rows
+        train_idx, val_idx, test_idx = split(data, spec.data, cfg.seed, fractions)
+        if not fractions[2] and test_rows is None and spec.data.cut_by_fractions:  # no test set: rows
             val_idx, test_idx = np.concatenate([val_idx, test_idx]), test_idx[:0]  # rounding left over validate
+        if test_rows is not None and len(test_idx):
+            raise ZooError(f"task {spec.name!r}: the test set is the fixed test file, but the {spec.data.split} "
+                           f"split names {len(test_idx)} test rows of the training table; name only train and val")
         if len(train_idx) == 0 or len(val_idx) == 0:
             raise ZooError(f"task {spec.name!r}: {len(data.keys)} usable rows are too few to split "
                            f"{list(fractions)}")
@@ -352,10 +366,20 @@ class Trainer:
             if len(index):
                 pred, true = self.evaluate(model, source, index)
                 metrics[part] = {name: score(name, true, pred) for name in _family_metrics(spec)}
-                metrics[f"{part}_predictions"] = {"true": true.tolist(), "pred": pred.tolist()}
-        metrics["wall_s"] = round(time.perf_counter() - started, 2)
+                metrics[f"{part}_predictions"] = {"rows": source.rows[index].tolist(), "true": true.tolist(),
+                                                  "pred": pred.tolist()}
+        took = time.perf_counter() - self._started
+        metrics["wall_s"] = round(self._before + took, 2)
+        if resume:
+            metrics["resumed_wall_s"] = round(took, 2)
         if self.out and rank == 0:
             save(model.cpu(), self.out, _without_predictions(metrics), data_sha256)
+            # The rows of each set, as chemprop's splits file (so ``split: file`` reruns them), and what the model
+            # predicted for each test row, by its row in the table it came from.
+            given = {"train": train_idx, "val": val_idx} | ({} if test_rows is not None else {"test": test_idx})
+            atomic_write_text(self.out / "splits.json", json.dumps([{k: data.rows[v].tolist() for k, v in given.items()}]))
+            if "test_predictions" in metrics:
+                _write_predictions(self.out / "test_predictions.csv", spec, metrics["test_predictions"])
         return model, metrics
 
     def _train(self, model: ZooModel, member: int, data: Prepared, train_idx: np.ndarray, val_idx: np.ndarray,
@@ -384,7 +408,8 @@ class Trainer:
         run = {"epoch": 0, "batch": 0, "losses": [], "best": None, "best_epoch": -1, "history": [], "step": 0,
                "done": False}
         best_state = None
-        if resume and (cfg.ensemble == 1 or (folder / CHECKPOINT).is_file()):
+        # A run killed before its first checkpoint (or an ensemble member not started) begins afresh.
+        if resume and folder and (folder / CHECKPOINT).is_file():
             ckpt = load_checkpoint(folder)
             if ckpt["spec"] != spec.model_dump(mode="json") or ckpt["data_sha256"] != data_sha256:
                 raise ZooError(f"{self.out}: the checkpoint was made by another task entry or data file; "
@@ -393,12 +418,14 @@ class Trainer:
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
             best_state, run = ckpt["best_state"], ckpt["run"]
+            self._before = max(self._before, run.get("wall_s", 0.0))  # members checkpoint one after another
             if averaged:
                 averaged.load_state_dict(ckpt["ema"])
             set_rng_state(ckpt["rng"])
         trained = _ddp(model) if world > 1 else model
 
         def checkpoint() -> None:
+            run["wall_s"] = self._before + time.perf_counter() - self._started
             if folder and rank == 0:
                 save_checkpoint(folder, {
                     "spec": spec.model_dump(mode="json"), "data_sha256": data_sha256, "model": model.state_dict(),
@@ -496,6 +523,27 @@ def _ddp(model: ZooModel) -> torch.nn.parallel.DistributedDataParallel:
 def _family_metrics(spec: TaskSpec) -> tuple[str, ...]:
     """The metrics a task's validation and test sets are scored by: its head's (``Head.metrics``), in their order."""
     return spec.head.cls.metrics
+
+
+def _write_predictions(path: Path, spec: TaskSpec, predictions: dict) -> None:
+    """``row`` (each row's number in its table), then per target its true and predicted value; outputs that are
+    not one number per target (classes' probabilities, tags) are written as JSON lists, ``true`` and ``pred``."""
+    true, pred, targets = np.asarray(predictions["true"]), np.asarray(predictions["pred"]), list(spec.head.targets)
+    per_target = true.ndim == pred.ndim == 2 and true.shape[1] == pred.shape[1] == len(targets)
+    header = [c for t in targets for c in (t, f"{t}_pred")] if per_target else ["true", "pred"]
+
+    def cells(t: np.ndarray, p: np.ndarray) -> list:
+        if per_target:
+            return [str(v) for pair in zip(t.astype(np.float32), p.astype(np.float32)) for v in pair]  # shortest
+        return [json.dumps(v[~np.isnan(v)].tolist()) for v in (np.atleast_1d(t), np.atleast_1d(p))]
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["row", *header])
+            out.writerows([row, *cells(t, p)] for row, t, p in zip(predictions["rows"], true, pred))
+
+    atomic_write(path, write)
 
 
 def _without_predictions(metrics: dict) -> dict:
