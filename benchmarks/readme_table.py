@@ -1,4 +1,5 @@
-"""Regenerate the README's benchmark table from benchmarks/results/*.json (never typed by hand).
+"""Regenerate the README's benchmark table from benchmarks/results/*.json and the registry's references (never
+typed by hand).
 
     python benchmarks/readme_table.py
 """
@@ -7,6 +8,8 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+
+from zoo.registry import load_registry
 
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
@@ -30,14 +33,15 @@ def _differs(run: dict, runs: list[dict]) -> str:
 
 
 def table() -> str:
+    registry = load_registry()  # the references as cited now, not as a results file recorded them
     lines = ["| task | model | metric (split) | test: mean ± std | per run | references |",
              "|---|---|---|---|---|---|"]
     for path in sorted((HERE / "results").glob("*.json")):
         r = json.loads(path.read_text())
         if "variants" not in r or r.get("quick"):  # throughput.json; --quick runs measure nothing
             continue
-        refs = "; ".join(f"{name} {ref['value']}" + (f" ± {ref['std']}" if ref.get("std") is not None else "")
-                         for name, ref in r["references"].items())
+        refs = "; ".join(f"{name} {ref.value}" + (f" ± {ref.std}" if ref.std is not None else "")
+                         for name, ref in registry.task(r["task"]).references.items())
         for variant, v in r["variants"].items():
             lines.append(_row(r, variant, variant, v["mean"], v["std"], refs))
         for name, b in r.get("baselines", {}).items():  # run beside ours on the same splits
