@@ -16,11 +16,25 @@ README = HERE.parent / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
-def _row(r: dict, label: str, variant: str, mean: float, std: float, refs: str) -> str:
+def _row(r: dict, label: str, variant: str, summary: dict, refs: str) -> str:
     mine = [run for run in r["runs"] if run["variant"] == variant]
     runs = ", ".join(f"{run['test'][r['metric']]:.3f}{_differs(run, mine)}" for run in mine)
+    scored = summary.get("test", {}).get(r["metric"], summary)  # a variant's mean and std are also at its top
+    mean, std = scored["mean"], scored["std"]
     return (f"| `{r['task']}` | {label} | {r['metric'].upper()} ({r['split']}) | **{mean:.3f} ± {std:.3f}** | "
-            f"{runs} | {refs} |")
+            f"{runs} | {_trust(summary.get('calibration'))} | {refs} |")
+
+
+def _trust(c: dict | None) -> str:
+    """A variant's mean test calibration (``zoo.trust``): what its intervals or sets cover, and how sigma ranks errors."""
+    if not c:
+        return ""
+    if "spearman_abs_error_sigma" in c:
+        return (f"{c['interval']:.0%} interval covers {c['coverage']:.2f} (width {c['mean_width']:.2f}); "
+                f"rho(abs error, sigma) {c['spearman_abs_error_sigma']:.2f}; area {c['miscalibration_area']:.3f}")
+    if "ece" in c:
+        return f"{c['interval']:.0%} set covers {c['coverage']:.2f} (size {c['mean_set_size']:.1f}); ECE {c['ece']:.3f}"
+    return ""
 
 
 def _differs(run: dict, runs: list[dict]) -> str:
@@ -34,8 +48,8 @@ def _differs(run: dict, runs: list[dict]) -> str:
 
 def table() -> str:
     registry = load_registry()  # the references as cited now, not as a results file recorded them
-    lines = ["| task | model | metric (split) | test: mean ± std | per run | references |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| task | model | metric (split) | test: mean ± std | per run | trust (test) | references |",
+             "|---|---|---|---|---|---|---|"]
     for path in sorted((HERE / "results").glob("*.json")):
         r = json.loads(path.read_text())
         if "variants" not in r or r.get("quick"):  # throughput.json; --quick runs measure nothing
@@ -43,10 +57,9 @@ def table() -> str:
         refs = "; ".join(f"{name} {ref.value}" + (f" ± {ref.std}" if ref.std is not None else "")
                          for name, ref in registry.task(r["task"]).references.items())
         for variant, v in r["variants"].items():
-            lines.append(_row(r, variant, variant, v["mean"], v["std"], refs))
+            lines.append(_row(r, variant, variant, v, refs))
         for name, b in r.get("baselines", {}).items():  # run beside ours on the same splits
-            lines.append(_row(r, f"{name} (baseline)", name, b["test"][r["metric"]]["mean"],
-                              b["test"][r["metric"]]["std"], refs))
+            lines.append(_row(r, f"{name} (baseline)", name, b, refs))
     return "\n".join(lines)
 
 

@@ -249,8 +249,15 @@ class TokenClassificationHead(nn.Module):
     def decode(self, raw: torch.Tensor) -> torch.Tensor:
         return iob2_viterbi(raw, self.tags)
 
-    def describe(self, value: np.ndarray, features: dict) -> dict:
-        """Entity spans: word indices, and character offsets into the text where it was given as a string."""
+    def confidence(self, raw: torch.Tensor, tags: np.ndarray) -> np.ndarray:
+        """Each word's softmax probability of the tag decoded for it [B, T] (NaN past a row's words)."""
+        p = raw.float().softmax(-1).cpu().numpy()
+        index = np.nan_to_num(tags).astype(int)[..., None]
+        return np.where(np.isnan(tags), np.nan, np.take_along_axis(p, index, -1)[..., 0])
+
+    def describe(self, value: np.ndarray, features: dict, confidence: np.ndarray | None = None) -> dict:
+        """Entity spans: word indices, character offsets into the text where it was given as a string, and (with
+        each word's ``confidence``) the entity's: the least probable of its words' tags."""
         text = features[self.input or next(iter(features))]
         tags = [self.tags[int(t)] for t in value[~np.isnan(value)]]
         entities = []
@@ -258,6 +265,8 @@ class TokenClassificationHead(nn.Module):
             entity = {"type": kind, "first_word": first, "last_word": last}
             if text.offsets[first, 0] >= 0:
                 entity |= {"start": int(text.offsets[first, 0]), "end": int(text.offsets[last, 1])}
+            if confidence is not None:
+                entity["confidence"] = round(float(np.min(confidence[first : last + 1])), 4)
             entities.append(entity)
         out = {"entities": entities}
         if text.dropped_words:
@@ -357,7 +366,7 @@ class ContrastiveHead(nn.Module):
 class ClassificationHead(nn.Module):
     """One class per row out of ``classes`` (softmax, cross-entropy). The target column holds class names; a
     row whose class is not listed has no target. ``decode`` gives the class probabilities [B, n_classes]
-    (the metrics score their argmax); ``describe`` the most likely class and its probability."""
+    (the metrics score their argmax); ``describe`` the most likely class, its probability and their entropy."""
 
     kind, metrics, ranks = "classes", ("macro_f1", "accuracy"), False
     describe_uses_features = False
@@ -372,7 +381,7 @@ class ClassificationHead(nn.Module):
         if len(targets) != 1 or len(classes) < 2 or len(set(classes)) != len(classes):
             raise ValueError("a classification head takes one target and at least two distinct classes")
         self.targets, self.column, self.classes = list(targets), next(iter(targets.values())), list(classes)
-        self.outputs = [self.targets[0], f"{self.targets[0]}_probability"]
+        self.outputs = [self.targets[0], f"{self.targets[0]}_probability", f"{self.targets[0]}_entropy"]
         self.numeric = self.outputs[1:]
         self.mlp = _mlp(dim, hidden, len(classes), dropout)
 
@@ -396,6 +405,9 @@ class ClassificationHead(nn.Module):
         return raw.softmax(-1)
 
     def describe(self, value: np.ndarray, features: dict) -> dict:
+        """The most likely class, its probability, and the entropy of all the probabilities (nats; 0 when one
+        class holds them all, log(n_classes) when they are even)."""
         best = int(np.argmax(value))
-        return {self.targets[0]: self.classes[best], self.outputs[1]: float(value[best])}
+        entropy = -float(np.sum(value * np.log(np.clip(value, 1e-12, 1))))
+        return {self.targets[0]: self.classes[best], self.outputs[1]: float(value[best]), self.outputs[2]: entropy}
 

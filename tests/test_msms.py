@@ -190,6 +190,7 @@ def test_train_save_load_and_rank_candidates(tmp_path):
     got = list(csv.DictReader(out.open()))
     matches = json.loads(got[0]["matches"])
     assert [m["rank"] for m in matches] == [1, 2, 3] and all(m["smiles"] in MOLECULES.values() for m in matches)
+    assert float(got[0]["margin"]) == pytest.approx(matches[0]["score"] - matches[1]["score"], abs=2e-4)  # scores: 4 places
     assert got[-1]["error"] and not got[-1]["matches"]  # a bad row is reported, the others ranked
 
 

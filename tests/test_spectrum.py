@@ -140,8 +140,9 @@ def test_classification_head_targets_loss_decode_describe():
     assert head.loss(raw, wrong, torch.tensor([[False], [False]])).item() == 0.0
     probs = head.decode(head(Fused(torch.randn(5, 4), {}, {})))
     assert probs.shape == (5, 3) and torch.allclose(probs.sum(1), torch.ones(5))
-    assert head.describe(np.array([0.1, 0.7, 0.2]), {}) == {"kind": "b", "kind_probability": pytest.approx(0.7)}
-    assert head.outputs == ["kind", "kind_probability"]
+    assert head.describe(np.array([0.1, 0.7, 0.2]), {}) == {"kind": "b", "kind_probability": pytest.approx(0.7),
+                                                            "kind_entropy": pytest.approx(0.8018, abs=1e-4)}
+    assert head.outputs == ["kind", "kind_probability", "kind_entropy"]
 
 
 def test_accuracy_and_macro_f1_by_hand():

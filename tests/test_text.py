@@ -106,6 +106,7 @@ def test_bio_ner_predicts_spans_with_offsets_warnings_and_errors(tmp_path):
     assert entities  # learned from 10 training sentences
     for e in entities:  # offsets index the original text, from the entity's first word to its last
         assert (e["start"], e["end"]) == (words[e["first_word"]][1], words[e["last_word"]][2])
+        assert 0 < e["confidence"] <= 1  # its least probable word's tag
     assert got[0]["error"] is None and got[0]["warning"] is None
     assert got[1]["entities"] is None and "empty" in got[1]["error"]
     assert "past the maximum length" in got[2]["warning"] and got[2]["error"] is None

@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -41,11 +42,12 @@ from safetensors.torch import load as load_safetensors, save_file
 
 from encoders import ZooError
 from zoo.model import Ensemble, ZooModel, build_model, resolve_device
+from zoo.trust import FILE as TRUST_FILE, KINDS as TRUST_KINDS, Trust
 from zoo.registry import (BUILTIN_REGISTRY, MODEL_KEYS, ModelSpec, Registry, TaskSpec, load_registry, safe_yaml,
                           validate_model)
 
 BUNDLED = Path(__file__).resolve().parent / "weights"
-FILES = ("config.yaml", "model.safetensors", "metrics.json", "card.md")
+FILES = ("config.yaml", "model.safetensors", "metrics.json", "card.md", "trust.safetensors")
 FORMAT = 2  # the layout of config.yaml that ``save`` writes; ``load_artifact`` reads 1 to FORMAT
 
 
@@ -167,6 +169,8 @@ def save(model: ZooModel | Ensemble, out: Path, metrics: dict, data_sha256: str 
         "weights_sha256": sha256_file(weights),
     }
     atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    if model.trust:
+        save_trust(model, out)
     return out
 
 
@@ -242,11 +246,37 @@ def load_artifact(path: str | os.PathLike, device: str | torch.device = "auto", 
     model = build_model(spec)
     model.load_state_dict(state, strict=False)  # every key was checked above; the rest came with the backbone
     model.provenance = provenance  # how it was made, as config.yaml records it (``save`` keeps it)
+    model.trust = _read_trust(path, config, model)
     if merge:
         for encoder in model.modules():
             if hasattr(encoder, "merge_lora"):
                 encoder.merge_lora()
     return model.to(resolve_device(device)).eval()
+
+
+def _read_trust(path: Path, config: dict, model: ZooModel | Ensemble) -> Trust | None:
+    """The model's trust summary (sigma, intervals, domain), checked against the sha256 config.yaml records; a
+    model saved without one loads, and says so in one line."""
+    sha = config.get("trust_sha256")
+    if not isinstance(sha, str):
+        if model.head.kind in TRUST_KINDS:
+            print(f"{path}: no trust summary (saved before SciZoo kept one): predictions have no sigma, interval "
+                  f"or domain columns; `zoo calibrate {path}` adds it", file=sys.stderr)
+        return None
+    file = path / TRUST_FILE
+    data = file.read_bytes() if file.is_file() else b""
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise ZooError(f"{file}: missing, or its sha256 does not match config.yaml (truncated or modified file)")
+    return Trust.read(data, model.head, file)
+
+
+def save_trust(model: ZooModel | Ensemble, out: Path) -> None:
+    """Write ``model.trust`` into ``out`` and record its sha256 in config.yaml (``zoo calibrate``; ``save`` does
+    both for a model it saves)."""
+    model.trust.save(out / TRUST_FILE)
+    config = safe_yaml((out / "config.yaml").read_text())
+    config["trust_sha256"] = sha256_file(out / TRUST_FILE)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
 
 class _ShapesOnly(TorchFunctionMode):

@@ -81,13 +81,30 @@ def detail(model: ZooModel, predictions: dict) -> dict:
 
 
 def summarise(runs: list[dict], metrics: tuple[str, ...]) -> dict:
-    """Mean and std over runs of each test metric, and the mean per target where runs score targets apart."""
+    """Mean and std over runs of each test metric, the mean per target where runs score targets apart, and the
+    mean of each calibration figure where runs have a trust summary (``zoo.trust.calibration``)."""
     out = {"test": {m: {"mean": float(np.mean([r["test"][m] for r in runs])),
                         "std": float(np.std([r["test"][m] for r in runs]))} for m in metrics}}
     if runs and "test_per_target" in runs[0]:
         out["test_per_target"] = {t: float(np.mean([r["test_per_target"][t] for r in runs]))
                                   for t in runs[0]["test_per_target"]}
+    calibrated = [r["calibration"] for r in runs if r.get("calibration")]
+    if calibrated:
+        out["calibration"] = {k: float(np.mean([c[k] for c in calibrated])) for k, v in calibrated[0].items()
+                              if isinstance(v, float) and all(k in c for c in calibrated)}
     return out
+
+
+CALIBRATION = {"coverage": "coverage", "mean_width": "mean width", "mean_set_size": "mean set size",
+               "spearman_abs_error_sigma": "Spearman rho(|error|, sigma)", "miscalibration_area": "miscalibration area",
+               "ece": "ECE", "in_domain": "in domain"}
+
+
+def calibration_line(summary: dict) -> str:
+    """One line of a variant's mean calibration figures, as bench prints them."""
+    c = summary["calibration"]
+    shown = ", ".join(f"{label} {c[k]:.3f}" for k, label in CALIBRATION.items() if k in c)
+    return f"test calibration, {c['interval']:.0%} intervals: {shown}"
 
 
 def git_commit() -> str | None:
@@ -214,6 +231,25 @@ def curves_plot(runs: list[dict], path: Path, task: str, metric: str, *, seed_na
     plt.close(fig)
 
 
+def calibration_plot(runs: list[dict], path: Path, task: str, *, seed_name: str = "seed", quick: bool = False) -> None:
+    """Observed against expected coverage of central Gaussian intervals of each run's sigma on its test set: on
+    the diagonal, sigma is calibrated; below it, overconfident. The legend gives each run's conformal coverage."""
+    fig, ax = plt.subplots(figsize=(5.2, 5.2), dpi=120, layout="constrained")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="calibrated")
+    for i, run in enumerate(runs):
+        c = run["calibration"]
+        ax.plot(c["curve"]["expected"], c["curve"]["observed"], **_look(i), markevery=10, ms=4, lw=1.2,
+                label=f"{run['variant']} {seed_name} {run['seed']}: {c['interval']:.0%} conformal coverage "
+                      f"{c['coverage']:.2f}, area {c['miscalibration_area']:.3f}")
+    ax.set(xlabel="expected coverage (Gaussian interval of sigma)", ylabel="observed coverage on the test set",
+           xlim=(0, 1), ylim=(0, 1), title=f"{task}: calibration{_suffix(quick)}")
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.25)
+    ax.legend(fontsize=6, loc="upper left")
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def replot(path: Path) -> list[Path]:
     """Redraw the plots a results JSON holds what they need for, without training: learning curves from each
     run's history, a confusion matrix from each run's ``confusion`` counts (recorded since these were added).
@@ -228,6 +264,10 @@ def replot(path: Path) -> list[Path]:
         written.append(Path(path).parent / f"{task}-curves.png")
         curves_plot(ours, written[-1], task, metric, seed_name=seed_name, quick=quick)
     first = next(iter(record.get("variants", {})), None)
+    calibrated = [r for r in ours if "curve" in (r.get("calibration") or {})]
+    if calibrated:
+        written.append(Path(path).parent / f"{task}-calibration.png")
+        calibration_plot(calibrated, written[-1], task, seed_name=seed_name, quick=quick)
     counted = [r for r in ours if r["variant"] == first and "confusion" in r]
     if counted and record.get("classes"):
         written.append(Path(path).parent / f"{task}-confusion.png")
@@ -307,7 +347,8 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
                              **{k: m[k] for k in ("n_train", "n_val", "n_test")},
                              "weights_mb": round(weights_mb, 2), **detail(model, m["test_predictions"]),
                              "history": history, "overrides": {**base, **variant_overrides}, "git_commit": commit,
-                             "test_true": m["test_predictions"]["true"], "test_pred": m["test_predictions"]["pred"]})
+                             "test_true": m["test_predictions"]["true"], "test_pred": m["test_predictions"]["pred"],
+                             **({"calibration": m["test_calibration"]} if "test_calibration" in m else {})})
                 if model.head.kind == "classes":  # kept in the JSON, so the matrix can be redrawn from it
                     runs[-1]["confusion"] = confusion_counts(runs[-1], model.head.classes)
                 print(f"[{task} {variant}] {seed_name} {seed}: test {spec.metric.upper()} "
@@ -379,6 +420,9 @@ def _record(spec: TaskSpec, chosen: dict, runs: list[dict], rates: dict, seeds: 
         print(f"{label:<36} {' '.join(cells)}  ({seed_name}s {seeds})")
     for name, ref in ({} if quick else spec.references).items():
         print(f"{name:<36} {ref.value:.4f}{f' ± {ref.std:.4f}' if ref.std is not None else ''}  ({ref.source})")
+    for v in groups:
+        if "calibration" in summaries[v]:
+            print(f"{(v if v in spec.bench.baselines else f'SciZoo {v}'):<36} {calibration_line(summaries[v])}")
     if "test_per_target" in runs[0]:
         print(f"\n{'test ' + spec.metric.upper() + ' per target (mean)':<36} " + " ".join(f"{g:>17}" for g in groups))
         for t in spec.head.targets:
@@ -437,5 +481,6 @@ def _bundle(spec: TaskSpec, runs: list[dict], work: Path, first: str, seed_name:
     target = bundle_dir() / spec.name
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(work / f"{first}-{best['seed']}", target,
-                    ignore=shutil.ignore_patterns("metrics.jsonl", "checkpoint.pt", "tensorboard", "*.lock", "member-*"))
+                    ignore=shutil.ignore_patterns("metrics.jsonl", "checkpoint.pt", "tensorboard", "*.lock", "member-*",
+                                                  "run.yaml", "splits.json", "test_predictions.csv"))
     print(f"bundled {first} {seed_name} {best['seed']} (val {spec.metric} {best['val'][spec.metric]:.4f}) into {target}")

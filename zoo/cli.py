@@ -14,13 +14,14 @@ import yaml
 
 from encoders import ZooError
 from zoo.data import data_file
-from zoo.artifacts import atomic_write_text, load, resolve_weights, sha256_file
+from zoo.artifacts import atomic_write_text, load, load_artifact, resolve_weights, sha256_file
 from zoo.distributed import process_group, rank_and_world
 from zoo.predict import check_output, predict_table
 from zoo.registry import load_registry, parse_overrides, validate_task
 from zoo.tables import read_dataset
 from zoo.model import resolve_device, resolve_workers
-from zoo.train import CHECKPOINT, Trainer, fixed_test_set, train_lock
+from zoo.train import CHECKPOINT, Trainer, calibrate, fixed_test_set, saved_task, train_lock
+from zoo.trust import DOMAIN_QUANTILE
 
 
 RUN_FILE = "run.yaml"  # what a training run was started with, so --resume needs nothing else
@@ -126,6 +127,17 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    """Add a trust summary to a model folder saved without one, from the table it was trained on."""
+    model = load_artifact(args.model, device="cpu")
+    task = saved_task(model)
+    path = Path(args.data) if args.data else data_file(task, task.data.file)
+    calibrate(model, Path(args.model), read_dataset(path, task.data.reader), sha256_file(path),
+              resolve_workers(args.workers))
+    print(f"{args.model}: trust summary written (in domain up to the validation rows' {DOMAIN_QUANTILE:.0%} quantile)")
+    return 0
+
+
 def cmd_predict(args) -> int:
     if args.output:
         check_output(args.output)  # before loading the model, not after predicting everything
@@ -136,7 +148,7 @@ def cmd_predict(args) -> int:
     with process_group(model.device):
         summary = predict_table(model, args.input, args.output, chunk_rows=args.chunk_rows,
                                 batch_size=args.batch_size, candidates=args.candidates, top=args.top,
-                                resume=args.resume, workers=args.workers)
+                                resume=args.resume, workers=args.workers, interval=args.interval)
         if rank_and_world()[0]:
             return 0  # rank 0 joined the output and reports for all
     print(summary.line(), file=sys.stderr)
@@ -174,6 +186,13 @@ def parser() -> argparse.ArgumentParser:
     _split_options(train)
     train.set_defaults(run=cmd_train)
 
+    calibrate_ = sub.add_parser("calibrate", help="add a trust summary (sigma, intervals, domain) to a model saved "
+                                                  "without one")
+    calibrate_.add_argument("model", help="a trained model folder")
+    calibrate_.add_argument("--data", help="the table it was trained on (default: as its task entry says)")
+    calibrate_.add_argument("--workers", default="0", help="processes that featurize (auto: one per core)")
+    calibrate_.set_defaults(run=cmd_calibrate)
+
     predict = sub.add_parser("predict", help="predict every row of a table")
     predict.add_argument("task", help="a registry task name or a trained model folder")
     predict.add_argument("--input", required=True, help="a .csv, .parquet or .jsonl table")
@@ -184,6 +203,9 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--top", type=int, default=10, help="retrieval tasks: how many candidates to list")
     predict.add_argument("--workers", default="0", help="processes that featurize and collate the next chunks "
                          "while the model runs (auto: one per core; default 0: in the main process)")
+    predict.add_argument("--interval", type=float, metavar="COVERAGE", help="conformal intervals (regression: "
+                         "<target>_low, <target>_high) or prediction sets (classification) holding the true value at "
+                         "this rate, e.g. 0.9, calibrated on the model's validation rows")
     predict.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N")
     predict.add_argument("--resume", action="store_true",
                          help="keep the chunks an interrupted run into the same --output finished (refused "

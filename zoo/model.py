@@ -198,24 +198,46 @@ class Inference:
         for index, features, batch in prepared.batches:
             yield index, features, self(to_device(batch, self.device))
 
-    def describe(self, prepared: Prepared) -> list[dict[str, Any]]:
-        """Each row's output columns from the head (``{target: value}``, or entities), or ``{"error": why}``."""
+    trust = None  # a ``zoo.trust.Trust`` when the model has a trust summary
+
+    def output_columns(self, interval: float | None = None) -> dict[str, str]:
+        """Each output column ``describe`` gives -> float, bool or text: the head's, then the trust summary's."""
+        head = {name: "float" if name in self.head.numeric else "text" for name in self.head.outputs}
+        return head | (self.trust.columns(interval) if self.trust else {})
+
+    @torch.no_grad()
+    def describe(self, prepared: Prepared, interval: float | None = None) -> list[dict[str, Any]]:
+        """Each row's output columns (``output_columns``): the head's (``{target: value}``, or entities) and, with
+        a trust summary, sigma, domain and (at coverage ``interval``) conformal intervals or sets; or
+        ``{"error": why}``."""
+        self.eval()
         results: list[dict[str, Any]] = [{} for _ in range(prepared.rows)]
         for i, why in prepared.errors.items():
             results[i] = {"error": why}
-        for index, features, raw in self.outputs(prepared):
+        for index, features, batch in prepared.batches:
+            raw, pooled, parts = self.run(to_device(batch, self.device))
             values = self.head.decode(raw).float().cpu().numpy()
+            # a head that scores its own decoding (tags: each word's probability) describes with it
+            scored = self.head.confidence(raw, values) if hasattr(self.head, "confidence") else None
             for k, (i, v) in enumerate(zip(index, values)):
-                results[i] = self.head.describe(v, features and features[k])
+                extra = {} if scored is None else {"confidence": scored[k]}
+                results[i] = self.head.describe(v, features and features[k], **extra)
+            if self.trust:
+                members = None if parts is None else np.stack([self.head.decode(p).float().cpu().numpy() for p in parts])
+                extra = self.trust.describe(values, pooled.float().cpu().numpy(), members, interval)
+                for i, more in zip(index, extra):
+                    results[i] |= more
         return results
 
     def predict(self, rows: list[dict], batch_size: int = 256, workers: int | str = 0,
-                tokens: int | None = BATCH_TOKENS) -> list[dict[str, Any]]:
-        """Each row's output columns from the head (``{target: value}``, or entities), or ``{"error": why}``.
-        Batches hold at most ``batch_size`` rows and ``tokens`` padded tokens (None: rows only); ``workers``
-        processes (or ``auto``: one per core) featurize."""
+                tokens: int | None = BATCH_TOKENS, interval: float | None = None) -> list[dict[str, Any]]:
+        """Each row's output columns (see ``describe``), or ``{"error": why}``. Batches hold at most ``batch_size``
+        rows and ``tokens`` padded tokens (None: rows only); ``workers`` processes (or ``auto``: one per core)
+        featurize; ``interval`` (a coverage such as 0.9) adds conformal intervals or prediction sets."""
+        if interval is not None and self.trust:
+            self.trust.quantile(interval)  # a coverage it cannot give fails before any row is featurized
         return [result for prepared in self.prepared(RowChunks(rows), batch_size, resolve_workers(workers), tokens)
-                for result in self.describe(prepared)]
+                for result in self.describe(prepared, interval)]
 
     def embed(self, rows: list[dict], side: str, batch_size: int = 256,
               tokens: int | None = BATCH_TOKENS) -> tuple[np.ndarray, dict[int, str]]:
@@ -315,12 +337,17 @@ class ZooModel(Inference, nn.Module):
         return self.head.read_targets(rows)
 
     # -- model -----------------------------------------------------------------------------------------
-    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+    def run(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, None]:
+        """(raw head output, pooled fused embedding [B, dim], None: one model has no members)."""
         tokens = {}
         for name, inp in self.spec.inputs.items():
             t = self.encoders[inp.encoder](batch[name])
             tokens[name] = Tokens(self.project[name](t.x), t.mask)
-        return self.head(self.fusion(tokens))
+        fused = self.fusion(tokens)
+        return self.head(fused), fused.pooled, None
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.run(batch)[0]
 
 
 class Ensemble(Inference, nn.Module):
@@ -356,8 +383,14 @@ class Ensemble(Inference, nn.Module):
     def targets(self, rows: list[dict]) -> np.ndarray:
         return self.members[0].targets(rows)
 
+    def run(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """(the members' mean raw output, the first member's pooled embedding, each member's raw output)."""
+        runs = [m.run(batch) for m in self.members]
+        parts = [raw for raw, _, _ in runs]
+        return torch.stack(parts).mean(0), runs[0][1], parts
+
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        return torch.stack([m(batch) for m in self.members]).mean(0)
+        return self.run(batch)[0]
 
 
 def build_model(spec: TaskSpec) -> ZooModel | Ensemble:

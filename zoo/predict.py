@@ -29,7 +29,7 @@ from encoders import ZooError
 from zoo.artifacts import atomic_write, atomic_write_text, exclusive
 from zoo.distributed import barrier, rank_and_world
 from zoo.model import Prepared, ZooModel, resolve_workers
-from zoo.tables import BLOCK, TableWriter, float_column, iter_table, read_rows, table_format, text_column
+from zoo.tables import BLOCK, TableWriter, bool_column, float_column, iter_table, read_rows, table_format, text_column
 
 MANIFEST = "manifest.json"  # in the parts folder: what the run that made the parts predicted, for --resume
 
@@ -56,11 +56,11 @@ class Summary:
             f" ({shown}{more})" if self.n_failed else "")
 
 
-def _output_names(model: ZooModel, columns: list[str]) -> dict[str, str]:
+def _output_names(outputs: dict[str, str], columns: list[str]) -> dict[str, str]:
     """Column per output and for ``error``: the first of its name, ``<name>_predicted``, ``<name>_predicted_2``,
     ... that no input column and no other output has."""
     taken, names = set(columns), {}
-    for output in [*model.head.outputs, "error"]:
+    for output in [*outputs, "error"]:
         tries = itertools.chain([output, f"{output}_predicted"],
                                 (f"{output}_predicted_{n}" for n in itertools.count(2)))
         names[output] = next(name for name in tries if name not in taken)
@@ -87,14 +87,15 @@ def _check_columns(model: ZooModel, schema: pa.Schema, path: Path) -> None:
                        f"{model.spec.name!r} (columns: {', '.join(schema.names) or 'none'})")
 
 
-def _output_columns(model: ZooModel, results: list[dict], names: dict[str, str]) -> dict[str, pa.Array]:
-    """The head's outputs as columns: numbers as float32, text as it is, anything else (entity lists, ranked
-    matches) as JSON text."""
+def _output_columns(outputs: dict[str, str], results: list[dict], names: dict[str, str]) -> dict[str, pa.Array]:
+    """The outputs as columns: numbers as float32, flags as booleans, text as it is, anything else (entity lists,
+    ranked matches) as JSON text."""
     def cell(value):
         return value if value is None or isinstance(value, str) else json.dumps(value)
 
-    return {names[k]: float_column([r.get(k) for r in results]) if k in model.head.numeric
-            else text_column([cell(r.get(k)) for r in results]) for k in model.head.outputs}
+    column = {"float": float_column, "bool": bool_column}
+    return {names[k]: column[kind]([r.get(k) for r in results]) if kind in column
+            else text_column([cell(r.get(k)) for r in results]) for k, kind in outputs.items()}
 
 
 def _rank(model: ZooModel, candidates: Path, top: int, batch_size: int):
@@ -120,7 +121,9 @@ def _rank(model: ZooModel, candidates: Path, top: int, batch_size: int):
             best = np.argsort(-scores, axis=1)[:, :top]
             for i, order, row_scores in zip(ok, best, scores):
                 results[i] = {"matches": [{"rank": r + 1, "row": int(usable[j]), column: pool[usable[j]].get(column),
-                                           "score": round(float(row_scores[j]), 4)} for r, j in enumerate(order)]}
+                                           "score": round(float(row_scores[j]), 4)} for r, j in enumerate(order)],
+                              # how far the best stands above the next: a small margin is a near tie
+                              "margin": float(np.diff(np.partition(row_scores, -2)[-2:])[0]) if len(usable) > 1 else None}
         return results
 
     return rank
@@ -188,8 +191,9 @@ class TableChunks:
 
 def predict_table(model: ZooModel, path: str | Path, output: str | Path | None = None, chunk_rows: int = 4096,
                   batch_size: int = 256, progress: bool = True, candidates: str | Path | None = None,
-                  top: int = 10, resume: bool = False, workers: int | str = 0) -> Summary:
-    """Predict every row of a table; for a retrieval task, rank the rows of ``candidates`` for each row.
+                  top: int = 10, resume: bool = False, workers: int | str = 0, interval: float | None = None) -> Summary:
+    """Predict every row of a table; for a retrieval task, rank the rows of ``candidates`` for each row. With a
+    trust summary, rows get sigma and domain columns, and with ``interval`` (a coverage) conformal intervals.
 
     ``workers`` processes (``auto``: one per core) featurize and collate the next chunks while the model runs
     this one (``Inference.prepared``), and a thread writes each chunk out, so neither waits on the model.
@@ -205,13 +209,16 @@ def predict_table(model: ZooModel, path: str | Path, output: str | Path | None =
         raise ZooError(f"task {model.spec.name!r} ranks candidates: give --candidates TABLE "
                        f"(with column {model.spec.inputs[model.head.candidate].column!r})")
     workers = resolve_workers(workers)
+    if interval is not None and model.trust:
+        model.trust.quantile(interval)  # a coverage it cannot give fails before any row is read
+    outputs = {"matches": "text", "margin": "float"} if candidates else model.output_columns(interval)
     rank_rows = _rank(model, Path(candidates), top, batch_size) if candidates else None
     batches = iter_table(path, chunk_rows)
     first = next(batches, None)
     if first is None:
         raise ZooError(f"{path}: the table has no rows")
     _check_columns(model, first.schema, path)
-    names = _output_names(model, first.schema.names)
+    names = _output_names(outputs, first.schema.names)
 
     def predicted(stream: Iterator[Prepared] | None, chunk: int, batch: pa.RecordBatch) -> pa.Table:
         if stream is None:
@@ -219,8 +226,8 @@ def predict_table(model: ZooModel, path: str | Path, output: str | Path | None =
         else:
             prepared = next(stream)
             assert prepared.chunk == chunk, (prepared.chunk, chunk)  # the workers' chunks come back in order
-            results = model.describe(prepared)
-        columns = _output_columns(model, results, names)
+            results = model.describe(prepared, interval)
+        columns = _output_columns(outputs, results, names)
         columns[names["error"]] = text_column([r.get("error") for r in results])
         table = pa.Table.from_batches([batch])
         for name, values in columns.items():
@@ -249,7 +256,8 @@ def predict_table(model: ZooModel, path: str | Path, output: str | Path | None =
                      "for it to finish or write to another --output") if rank == 0 else contextlib.nullcontext()
     # What decides the rows of the parts; batch size and workers do not.
     run = {"input": _fingerprint(path), "chunk_rows": chunk_rows, "model": _model_sha256(model),
-           "candidates": candidates and _fingerprint(Path(candidates)), "top": top if candidates else None}
+           "candidates": candidates and _fingerprint(Path(candidates)), "top": top if candidates else None,
+           "interval": interval}
     with lock:
         _open_parts(parts, run, resume, rank)
         source = TableChunks(path, chunk_rows, rank, world, frozenset(int(p.stem[5:]) for p in parts.glob("part-*.arrow")))

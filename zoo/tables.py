@@ -152,6 +152,12 @@ def float_column(values: list[float | None]) -> pa.Array:
     return pa.Array.from_buffers(pa.float32(), len(values), [_validity(values), pa.py_buffer(data)])
 
 
+def bool_column(values: list[bool | None]) -> pa.Array:
+    """A boolean column, null where a value is None."""
+    data = np.packbits(np.array([bool(v) for v in values], bool), bitorder="little")
+    return pa.Array.from_buffers(pa.bool_(), len(values), [_validity(values), pa.py_buffer(data)])
+
+
 def text_column(values: list[str | None]) -> pa.Array:
     """A string column, null where a value is None."""
     encoded = [b"" if v is None else v.encode() for v in values]

@@ -41,8 +41,9 @@ from zoo.checkpoint import NAME as CHECKPOINT, load_checkpoint, rng_state, save_
 from zoo.distributed import rank_and_world
 from zoo.model import (FEATURIZE_ROWS, Ensemble, ZooModel, feature_size, resolve_device, resolve_workers,
                        to_device)
-from zoo.registry import DataSpec, TaskSpec
+from zoo.registry import MODEL_KEYS, DataSpec, TaskSpec, validate_task
 from zoo.tables import read_dataset
+from zoo.trust import calibration, fit_trust, run_rows
 
 
 def seed_everything(seed: int) -> None:
@@ -161,6 +162,51 @@ def split(data: Prepared, spec: DataSpec, seed: int, fractions: tuple[float, flo
     position = np.full(data.n_rows, -1)
     position[data.rows] = np.arange(len(data.rows))
     return tuple(position[part][position[part] >= 0] for part in parts)
+
+
+def run_split(spec: TaskSpec, data: Prepared, fixed_test: bool) -> tuple[np.ndarray, ...]:
+    """A training run's split of ``data``, by its seed. With a fixed test file (``fixed_test``) the rows give only
+    training and validation, in the proportions of the first two fractions; with no test fraction, the rows
+    rounding leaves over go to validation."""
+    fractions = spec.data.fractions
+    if fixed_test:
+        fractions = (fractions[0] / sum(fractions[:2]), fractions[1] / sum(fractions[:2]), 0.0)
+    train_idx, val_idx, test_idx = split(data, spec.data, spec.train.seed, fractions)
+    if not fractions[2] and not fixed_test and spec.data.cut_by_fractions:
+        val_idx, test_idx = np.concatenate([val_idx, test_idx]), test_idx[:0]
+    if fixed_test and len(test_idx):
+        raise ZooError(f"task {spec.name!r}: the test set is the fixed test file, but the {spec.data.split} "
+                       f"split names {len(test_idx)} test rows of the training table; name only train and val")
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise ZooError(f"task {spec.name!r}: {len(data.keys)} usable rows are too few to split {list(fractions)}")
+    return train_idx, val_idx, test_idx
+
+
+def saved_task(model: ZooModel | Ensemble) -> TaskSpec:
+    """The task entry a loaded model was trained from: its saved model spec and its recorded provenance."""
+    return validate_task({**model.provenance.get("task", {}),
+                          **{k: v for k, v in model.spec.model_dump(mode="json").items() if k in MODEL_KEYS}})
+
+
+def calibrate(model: ZooModel | Ensemble, folder: Path, rows: list[dict], data_sha256: str, workers: int = 0) -> None:
+    """Give a loaded model saved in ``folder`` without a trust summary one (``zoo.trust``), from the table it was
+    trained on: its split is drawn again from the seed its config.yaml records, so the summary sees the training
+    and validation rows it would have seen at the end of training. The weights are not touched."""
+    from zoo.artifacts import save_trust  # zoo.artifacts saves what this module trains
+
+    recorded = model.provenance.get("data_sha256")
+    if recorded and recorded != data_sha256:
+        raise ZooError(f"{folder}: was trained on data with sha256 {recorded}; calibrate it on that table, not on "
+                       f"one with sha256 {data_sha256}")
+    task = saved_task(model)
+    model.spec = task  # prepare and split read the task's data section, which the saved model spec leaves out
+    data = prepare(model, rows, True, None, workers)
+    train_idx, val_idx, _ = run_split(task, data, bool(task.data.test_file))
+    model.trust = fit_trust(model, data.features, data.targets, train_idx, val_idx, task.train.batch_size,
+                            task.train.seed)
+    if model.trust is None:
+        raise ZooError(f"{folder}: a {task.head.type} head has no trust summary (it reads no pooled vector)")
+    save_trust(model, Path(folder))
 
 
 def fixed_test_set(spec: TaskSpec, path: str | Path | None) -> dict:
@@ -329,18 +375,7 @@ class Trainer:
         # Wall time: this process's, plus (on resume) what the killed run had spent by its last checkpoint.
         self._started, self._before = time.perf_counter(), 0.0
         data = self._prepare(first, rows, data_sha256)
-        fractions = spec.data.fractions
-        if test_rows is not None:
-            fractions = (fractions[0] / sum(fractions[:2]), fractions[1] / sum(fractions[:2]), 0.0)
-        train_idx, val_idx, test_idx = split(data, spec.data, cfg.seed, fractions)
-        if not fractions[2] and test_rows is None and spec.data.cut_by_fractions:  # no test set: rows
-            val_idx, test_idx = np.concatenate([val_idx, test_idx]), test_idx[:0]  # rounding left over validate
-        if test_rows is not None and len(test_idx):
-            raise ZooError(f"task {spec.name!r}: the test set is the fixed test file, but the {spec.data.split} "
-                           f"split names {len(test_idx)} test rows of the training table; name only train and val")
-        if len(train_idx) == 0 or len(val_idx) == 0:
-            raise ZooError(f"task {spec.name!r}: {len(data.keys)} usable rows are too few to split "
-                           f"{list(fractions)}")
+        train_idx, val_idx, test_idx = run_split(spec, data, test_rows is not None)
         test = data
         if test_rows is not None:
             test = self._prepare(first, test_rows, test_sha256)
@@ -354,6 +389,7 @@ class Trainer:
                                     [r for run in runs for r in run["history"]]))
             members.append(member)
         model = members[0] if cfg.ensemble == 1 else Ensemble(members)
+        model.trust = fit_trust(model, data.features, data.targets, train_idx, val_idx, cfg.batch_size, cfg.seed)
 
         per_member = lambda values: values[0] if cfg.ensemble == 1 else values
         metrics = {"best_epoch": per_member([r["best_epoch"] for r in runs]),
@@ -368,6 +404,9 @@ class Trainer:
                 metrics[part] = {name: score(name, true, pred) for name in _family_metrics(spec)}
                 metrics[f"{part}_predictions"] = {"rows": source.rows[index].tolist(), "true": true.tolist(),
                                                   "pred": pred.tolist()}
+        if model.trust and len(test_idx):  # how far the trust summary holds on the test rows
+            decoded, pooled, spread = run_rows(model, [test.features[i] for i in test_idx], cfg.batch_size)
+            metrics["test_calibration"] = calibration(model.trust, decoded, pooled, spread, test.targets[test_idx])
         took = time.perf_counter() - self._started
         metrics["wall_s"] = round(self._before + took, 2)
         if resume:

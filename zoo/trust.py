@@ -1,0 +1,217 @@
+"""How far to trust each prediction: a per-row sigma, conformal intervals or prediction sets, and whether the row
+is in the model's applicability domain.
+
+``fit_trust`` summarises a trained model on its own split, at the end of training (or, for a model trained before
+this existed, by ``zoo calibrate``), into ``trust.safetensors`` beside the weights:
+
+- the domain: up to ``REFERENCE_ROWS`` training rows' fused embeddings, standardised. A row's distance is its mean
+  Euclidean distance to the ``K`` nearest of them; its ``domain_score`` is that over the 95th percentile of the
+  validation rows' distances, so ``in_domain`` (score at most 1) holds for 95% of rows like the validation set's.
+- regression: a raw spread per row and target (the ensemble members' std, or the domain distance for one model)
+  and, for every validation row, its |error| over that spread. Their root mean square scales the spread into a
+  ``sigma`` in the target's units; their quantile gives split-conformal intervals at any coverage asked
+  (normalised conformal regression: Papadopoulos et al. 2011, Lei et al. 2018), with the finite-sample
+  correction, so on exchangeable rows an interval at 0.9 holds at least 90% of true values.
+- classification: each validation row's 1 - p(true class), whose quantile gives conformal prediction sets.
+
+Only heads that read the pooled vector (values, probabilities, classes) have a domain; tags and embeddings have
+their own confidence (``margin`` of a ranking).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load as load_numpy, save as save_numpy
+
+from encoders import ZooError
+
+FILE = "trust.safetensors"
+REFERENCE_ROWS = 1000  # training embeddings kept; with 128 dimensions, 0.5 MB
+K = 5                  # neighbours a domain distance averages over
+DOMAIN_QUANTILE = 0.95
+KINDS = ("values", "probabilities", "classes")  # heads fed by the pooled vector
+
+
+class Trust:
+    """A model's trust summary (see the module's docstring): ``columns`` names what ``describe`` adds to each
+    row's output, ``describe`` computes it from a batch's decoded outputs, pooled embeddings and member spread."""
+
+    def __init__(self, tensors: dict[str, np.ndarray], kind: str, names: list[str]):
+        self.t, self.kind, self.names = tensors, kind, names  # names: the targets (values) or classes
+
+    def columns(self, interval: float | None) -> dict[str, str]:
+        """Added output column -> its type: float, bool or text (JSON of a list)."""
+        out = {}
+        if self.kind == "values":
+            for name in self.names:
+                out[f"{name}_sigma"] = "float"
+                if interval:
+                    out |= {f"{name}_low": "float", f"{name}_high": "float"}
+        if self.kind == "classes" and interval:
+            out["prediction_set"] = "text"
+        return out | {"domain_score": "float", "in_domain": "bool"}
+
+    def distance(self, pooled: np.ndarray) -> np.ndarray:
+        """Each row's mean distance to its K nearest training embeddings, per dimension (so widths compare)."""
+        z = (pooled - self.t["center"]) / self.t["scale"]
+        reference = self.t["reference"]
+        squared = (z * z).sum(1)[:, None] - 2 * z @ reference.T + (reference * reference).sum(1)[None, :]
+        k = min(K, len(reference))
+        nearest = np.partition(np.maximum(squared, 0), k - 1, axis=1)[:, :k]
+        return np.sqrt(nearest).mean(1) / math.sqrt(z.shape[1])
+
+    def spread(self, pooled: np.ndarray, members: np.ndarray | None) -> np.ndarray:
+        """The raw spread [B, targets] a regression row's sigma and interval scale: the members' std when there
+        are members, else the domain distance; never below ``floor`` (a small share of the validation median)."""
+        raw = members.std(0) if members is not None else np.repeat(self.distance(pooled)[:, None], len(self.names), 1)
+        return np.maximum(raw, self.t["floor"])
+
+    def quantile(self, interval: float) -> np.ndarray:
+        """The conformal quantile [targets, or 1 for classes] of the validation scores for coverage ``interval``:
+        the ceil((n + 1) * interval)-th smallest of each target's n scores (rows missing it are left out)."""
+        if not 0 < interval < 1:
+            raise ZooError(f"--interval {interval}: a coverage is between 0 and 1, e.g. 0.9")
+        out = []
+        for scores in self.t["scores"].T:
+            scores = np.sort(scores[~np.isnan(scores)])
+            rank = math.ceil((len(scores) + 1) * interval)
+            if rank > len(scores):
+                raise ZooError(f"--interval {interval}: {len(scores)} validation rows calibrate coverages up to "
+                               f"{len(scores) / (len(scores) + 1):.3f}")
+            out.append(scores[rank - 1])
+        return np.array(out)
+
+    def describe(self, decoded: np.ndarray, pooled: np.ndarray, members: np.ndarray | None,
+                 interval: float | None) -> list[dict]:
+        score = self.distance(pooled) / self.t["threshold"][0]
+        rows = [{"domain_score": float(s), "in_domain": bool(s <= 1)} for s in score]
+        if self.kind == "values":
+            spread = self.spread(pooled, members)
+            sigma = spread * self.t["sigma_scale"]
+            half = spread * self.quantile(interval) if interval else None
+            for i, row in enumerate(rows):
+                for j, name in enumerate(self.names):
+                    row[f"{name}_sigma"] = float(sigma[i, j])
+                    if half is not None:
+                        row[f"{name}_low"] = float(decoded[i, j] - half[i, j])
+                        row[f"{name}_high"] = float(decoded[i, j] + half[i, j])
+        if self.kind == "classes" and interval:
+            cut = self.quantile(interval)[0]
+            for row, p in zip(rows, decoded):  # every class whose 1 - p is within the calibrated quantile
+                row["prediction_set"] = json.dumps([c for c, q in zip(self.names, p) if 1 - q <= cut])
+        return rows
+
+    def save(self, path: Path) -> None:
+        from zoo.artifacts import atomic_write  # zoo.artifacts loads models, and with them this module
+
+        tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self.t.items()}
+        atomic_write(path, lambda tmp: tmp.write_bytes(save_numpy(tensors)))
+
+    @classmethod
+    def read(cls, data: bytes, head, where: Path) -> "Trust":
+        """A saved summary for a model with ``head`` (its kind and names come from the head, not the file)."""
+        try:
+            tensors = load_numpy(data)
+        except Exception as err:  # a damaged file: say which, in one line
+            raise ZooError(f"{where}: not a readable trust summary ({str(err).splitlines()[0]})") from None
+        return cls(tensors, head.kind, _names(head))
+
+
+def _names(head) -> list[str]:
+    return list(head.classes) if head.kind == "classes" else list(head.targets)
+
+
+@torch.no_grad()
+def run_rows(model, features: list[dict], batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Decoded outputs, pooled embeddings and (for an ensemble) each member's decoded outputs of featurized rows."""
+    from zoo.model import to_device
+
+    model.eval()
+    decoded, pooled, members = [], [], []
+    for start in range(0, len(features), batch_size):
+        batch = to_device(model.collate(features[start : start + batch_size]), model.device)
+        raw, vectors, parts = model.run(batch)
+        decoded.append(model.head.decode(raw).float().cpu().numpy())
+        pooled.append(vectors.float().cpu().numpy())
+        if parts is not None:
+            members.append(np.stack([model.head.decode(p).float().cpu().numpy() for p in parts]))
+    return (np.concatenate(decoded), np.concatenate(pooled),
+            np.concatenate(members, axis=1) if members else None)
+
+
+def fit_trust(model, features: list[dict], targets: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
+              batch_size: int, seed: int = 0) -> Trust | None:
+    """The trust summary of a trained model from its training and validation rows (None for a head without a
+    pooled vector, or too few rows)."""
+    head = model.head
+    if head.kind not in KINDS or len(val_idx) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    kept = np.sort(rng.permutation(train_idx)[:REFERENCE_ROWS])
+    _, train_pooled, _ = run_rows(model, [features[i] for i in kept], batch_size)
+    decoded, pooled, members = run_rows(model, [features[i] for i in val_idx], batch_size)
+    center, scale = train_pooled.mean(0), train_pooled.std(0) + 1e-6
+    names = _names(head)
+    trust = Trust({"center": center, "scale": scale, "reference": (train_pooled - center) / scale,
+                   "threshold": np.ones(1, np.float32), "floor": np.zeros(1, np.float32)}, head.kind, names)
+    distance = trust.distance(pooled)
+    trust.t["threshold"] = np.array([max(np.quantile(distance, DOMAIN_QUANTILE), 1e-6)], np.float32)
+    y = targets[val_idx]
+    if head.kind == "values":
+        raw = members.std(0) if members is not None else np.repeat(distance[:, None], len(names), 1)
+        trust.t["floor"] = 0.05 * np.median(raw, 0) + 1e-12
+        scores = np.abs(y - decoded) / trust.spread(pooled, members)  # NaN where a row lacks the target
+        trust.t["scores"] = scores
+        trust.t["sigma_scale"] = np.sqrt(np.nanmean(scores ** 2, 0))
+    elif head.kind == "classes":
+        truth = y[:, 0]
+        known = ~np.isnan(truth)
+        trust.t["scores"] = (1 - decoded[known, truth[known].astype(int)])[:, None]
+    return trust
+
+
+def calibration(trust: Trust, decoded: np.ndarray, pooled: np.ndarray, members: np.ndarray | None,
+                y: np.ndarray, interval: float = 0.9) -> dict:
+    """How well the summary's uncertainty holds on held-out rows (targets ``y``, NaN where missing).
+
+    Regression, averaged over targets: Spearman rho between |error| and sigma, the miscalibration area (mean
+    |observed - expected| coverage of central Gaussian intervals of sigma, at levels 0.01-0.99) with the curve,
+    and the conformal interval's coverage and mean width at ``interval``. Classification: the expected
+    calibration error of the top class (15 bins) and the conformal sets' coverage and mean size."""
+    from scipy.stats import norm, spearmanr
+
+    rows = trust.describe(decoded, pooled, members, interval)
+    out = {"interval": interval, "in_domain": float(np.mean([r["in_domain"] for r in rows]))}
+    if trust.kind == "values":
+        levels = np.linspace(0.01, 0.99, 99)
+        rho, area, cover, width, curve = [], [], [], [], []
+        for j, name in enumerate(trust.names):
+            known = ~np.isnan(y[:, j])
+            err = np.abs(y[known, j] - decoded[known, j])
+            sigma = np.array([r[f"{name}_sigma"] for r in rows])[known]
+            low, high = (np.array([r[f"{name}_{s}"] for r in rows])[known] for s in ("low", "high"))
+            observed = np.array([np.mean(err <= norm.ppf((1 + p) / 2) * sigma) for p in levels])
+            rho.append(spearmanr(err, sigma).statistic)
+            area.append(float(np.mean(np.abs(observed - levels))))
+            cover.append(float(np.mean((y[known, j] >= low) & (y[known, j] <= high))))
+            width.append(float(np.mean(high - low)))
+            curve.append(observed)
+        out |= {"spearman_abs_error_sigma": float(np.mean(rho)), "miscalibration_area": float(np.mean(area)),
+                "coverage": float(np.mean(cover)), "mean_width": float(np.mean(width)),
+                "curve": {"expected": levels.round(2).tolist(), "observed": np.mean(curve, 0).round(4).tolist()}}
+    elif trust.kind == "classes":
+        truth = y[:, 0]
+        known = ~np.isnan(truth)
+        p, t = decoded[known], truth[known].astype(int)
+        confidence, correct = p.max(1), (p.argmax(1) == t)
+        bins = np.minimum((confidence * 15).astype(int), 14)
+        ece = sum(abs(correct[bins == b].mean() - confidence[bins == b].mean()) * np.mean(bins == b)
+                  for b in range(15) if (bins == b).any())
+        sets = [json.loads(r["prediction_set"]) for r, k in zip(rows, known) if k]
+        out |= {"ece": float(ece), "coverage": float(np.mean([trust.names[c] in s for c, s in zip(t, sets)])),
+                "mean_set_size": float(np.mean([len(s) for s in sets]))}
+    return out
