@@ -200,7 +200,7 @@ def calibrate(model: ZooModel | Ensemble, folder: Path, rows: list[dict], data_s
                        f"one with sha256 {data_sha256}")
     task = saved_task(model)
     model.spec = task  # prepare and split read the task's data section, which the saved model spec leaves out
-    data = prepare(model, rows, True, None, workers)
+    data = prepare(model, rows, True, data_sha256, workers)  # the features cached by training, when there
     train_idx, val_idx, _ = run_split(task, data, bool(task.data.test_file))
     model.trust = fit_trust(model, data.features, data.targets, train_idx, val_idx, task.train.batch_size,
                             task.train.seed)
