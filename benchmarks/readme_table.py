@@ -29,12 +29,12 @@ def _trust(c: dict | None) -> str:
     """A variant's mean test calibration (``zoo.trust``): what its intervals or sets cover, and how sigma ranks errors."""
     if not c:
         return ""
+    covered = (f"{c['interval']:.0%} {'interval' if 'mean_width' in c else 'set'} covers {c['coverage']:.2f} "
+               + (f"(width {c['mean_width']:.2f}); " if "mean_width" in c else f"(size {c['mean_set_size']:.1f}); ")
+               ) if "coverage" in c else ""
     if "spearman_abs_error_sigma" in c:
-        return (f"{c['interval']:.0%} interval covers {c['coverage']:.2f} (width {c['mean_width']:.2f}); "
-                f"rho(abs error, sigma) {c['spearman_abs_error_sigma']:.2f}; area {c['miscalibration_area']:.3f}")
-    if "ece" in c:
-        return f"{c['interval']:.0%} set covers {c['coverage']:.2f} (size {c['mean_set_size']:.1f}); ECE {c['ece']:.3f}"
-    return ""
+        return f"{covered}rho(abs error, sigma) {c['spearman_abs_error_sigma']:.2f}; area {c['miscalibration_area']:.3f}"
+    return f"{covered}ECE {c['ece']:.3f}" if "ece" in c else ""
 
 
 def _differs(run: dict, runs: list[dict]) -> str:

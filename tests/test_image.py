@@ -1,5 +1,6 @@
 """Image encoder (timm; offline EfficientNet-Lite0), image readers and their errors, and galaxy-morphology end to end."""
 import csv
+import json
 import struct
 import zlib
 
@@ -247,9 +248,11 @@ def test_train_save_load_predict_round_trip(tmp_path):
     (tmp_path / "text.png").write_text("hello\n")
     table = tmp_path / "in.csv"
     table.write_text(f"image\n{tmp_path / 'set' / 'images' / 'edge_on0.png'}\n{tmp_path / 'text.png'}\n\n")
-    summary = zoo.predict_table(loaded, table, tmp_path / "out.csv", progress=False)
+    summary = zoo.predict_table(loaded, table, tmp_path / "out.csv", progress=False, interval=0.5)
     out = read_rows(tmp_path / "out.csv")
     assert out[0]["morphology"] == "edge_on" and 0.5 < float(out[0]["morphology_probability"]) <= 1
+    assert 0 <= float(out[0]["morphology_entropy"]) <= np.log(6)  # nats, over the six classes
+    assert "edge_on" in json.loads(out[0]["prediction_set"]) and out[0]["in_domain"] in ("true", "false")
     assert out[1]["error"].startswith("image: column 'image': cannot read 'text.png'")
     assert summary.n_failed == 1
 

@@ -104,7 +104,8 @@ def calibration_line(summary: dict) -> str:
     """One line of a variant's mean calibration figures, as bench prints them."""
     c = summary["calibration"]
     shown = ", ".join(f"{label} {c[k]:.3f}" for k, label in CALIBRATION.items() if k in c)
-    return f"test calibration, {c['interval']:.0%} intervals: {shown}"
+    level = f", {c['interval']:.0%} intervals" if "interval" in c else ""
+    return f"test calibration{level}: {shown}"
 
 
 def git_commit() -> str | None:
@@ -239,8 +240,8 @@ def calibration_plot(runs: list[dict], path: Path, task: str, *, seed_name: str 
     for i, run in enumerate(runs):
         c = run["calibration"]
         ax.plot(c["curve"]["expected"], c["curve"]["observed"], **_look(i), markevery=10, ms=4, lw=1.2,
-                label=f"{run['variant']} {seed_name} {run['seed']}: {c['interval']:.0%} conformal coverage "
-                      f"{c['coverage']:.2f}, area {c['miscalibration_area']:.3f}")
+                label=f"{run['variant']} {seed_name} {run['seed']}: area {c['miscalibration_area']:.3f}"
+                      + (f", {c['interval']:.0%} conformal coverage {c['coverage']:.2f}" if "coverage" in c else ""))
     ax.set(xlabel="expected coverage (Gaussian interval of sigma)", ylabel="observed coverage on the test set",
            xlim=(0, 1), ylim=(0, 1), title=f"{task}: calibration{_suffix(quick)}")
     ax.title.set_fontsize(9)

@@ -70,6 +70,11 @@ class Trust:
         raw = members.std(0) if members is not None else np.repeat(self.distance(pooled)[:, None], len(self.names), 1)
         return np.maximum(raw, self.t["floor"])
 
+    def max_coverage(self) -> float:
+        """The highest coverage the validation scores calibrate: n / (n + 1) for the target with fewest."""
+        n = int(np.min((~np.isnan(self.t["scores"])).sum(0)))
+        return n / (n + 1)
+
     def quantile(self, interval: float) -> np.ndarray:
         """The conformal quantile [targets, or 1 for classes] of the validation scores for coverage ``interval``:
         the ceil((n + 1) * interval)-th smallest of each target's n scores (rows missing it are left out)."""
@@ -181,11 +186,14 @@ def calibration(trust: Trust, decoded: np.ndarray, pooled: np.ndarray, members: 
     Regression, averaged over targets: Spearman rho between |error| and sigma, the miscalibration area (mean
     |observed - expected| coverage of central Gaussian intervals of sigma, at levels 0.01-0.99) with the curve,
     and the conformal interval's coverage and mean width at ``interval``. Classification: the expected
-    calibration error of the top class (15 bins) and the conformal sets' coverage and mean size."""
+    calibration error of the top class (15 bins) and the conformal sets' coverage and mean size. Coverage needs
+    enough validation rows for ``interval`` (``max_coverage``); with fewer it is left out."""
     from scipy.stats import norm, spearmanr
 
+    if interval > trust.max_coverage():  # too few validation rows for it: sigma and domain are still scored
+        interval = None
     rows = trust.describe(decoded, pooled, members, interval)
-    out = {"interval": interval, "in_domain": float(np.mean([r["in_domain"] for r in rows]))}
+    out = {"in_domain": float(np.mean([r["in_domain"] for r in rows]))} | ({"interval": interval} if interval else {})
     if trust.kind == "values":
         levels = np.linspace(0.01, 0.99, 99)
         rho, area, cover, width, curve = [], [], [], [], []
@@ -193,16 +201,17 @@ def calibration(trust: Trust, decoded: np.ndarray, pooled: np.ndarray, members: 
             known = ~np.isnan(y[:, j])
             err = np.abs(y[known, j] - decoded[known, j])
             sigma = np.array([r[f"{name}_sigma"] for r in rows])[known]
-            low, high = (np.array([r[f"{name}_{s}"] for r in rows])[known] for s in ("low", "high"))
             observed = np.array([np.mean(err <= norm.ppf((1 + p) / 2) * sigma) for p in levels])
             rho.append(spearmanr(err, sigma).statistic)
             area.append(float(np.mean(np.abs(observed - levels))))
-            cover.append(float(np.mean((y[known, j] >= low) & (y[known, j] <= high))))
-            width.append(float(np.mean(high - low)))
             curve.append(observed)
+            if interval:
+                low, high = (np.array([r[f"{name}_{s}"] for r in rows])[known] for s in ("low", "high"))
+                cover.append(float(np.mean((y[known, j] >= low) & (y[known, j] <= high))))
+                width.append(float(np.mean(high - low)))
         out |= {"spearman_abs_error_sigma": float(np.mean(rho)), "miscalibration_area": float(np.mean(area)),
-                "coverage": float(np.mean(cover)), "mean_width": float(np.mean(width)),
                 "curve": {"expected": levels.round(2).tolist(), "observed": np.mean(curve, 0).round(4).tolist()}}
+        out |= {"coverage": float(np.mean(cover)), "mean_width": float(np.mean(width))} if interval else {}
     elif trust.kind == "classes":
         truth = y[:, 0]
         known = ~np.isnan(truth)
@@ -211,7 +220,9 @@ def calibration(trust: Trust, decoded: np.ndarray, pooled: np.ndarray, members: 
         bins = np.minimum((confidence * 15).astype(int), 14)
         ece = sum(abs(correct[bins == b].mean() - confidence[bins == b].mean()) * np.mean(bins == b)
                   for b in range(15) if (bins == b).any())
-        sets = [json.loads(r["prediction_set"]) for r, k in zip(rows, known) if k]
-        out |= {"ece": float(ece), "coverage": float(np.mean([trust.names[c] in s for c, s in zip(t, sets)])),
-                "mean_set_size": float(np.mean([len(s) for s in sets]))}
+        out["ece"] = float(ece)
+        if interval:
+            sets = [json.loads(r["prediction_set"]) for r, k in zip(rows, known) if k]
+            out |= {"coverage": float(np.mean([trust.names[c] in s for c, s in zip(t, sets)])),
+                    "mean_set_size": float(np.mean([len(s) for s in sets]))}
     return out
