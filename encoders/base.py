@@ -108,7 +108,10 @@ class Features(Protocol):
     ``size``: the row's size for batching, in the units its tokens cost (atoms, word pieces, spectrum points).
     Rows are sorted by the sum over a row's inputs and batched up to a token budget (rows x the longest row), and
     ``train.bucket`` groups rows of similar size. Rows all of one size (an image, a spectrum on its grid) are never
-    cut by the budget, so an input of a fixed shape may say 1."""
+    cut by the budget, so an input of a fixed shape may say 1.
+
+    Optional: ``elements()``, the atomic numbers a row holds (molecules, crystals, compositions), by which a trust
+    summary (``zoo.trust``) flags rows with an element no training row had."""
 
     @property
     def size(self) -> int: ...

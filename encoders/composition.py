@@ -66,6 +66,9 @@ class CompositionFeatures:
     def size(self) -> int:  # one token per element
         return len(self.z)
 
+    def elements(self) -> np.ndarray:
+        return np.unique(self.z)
+
 
 def parse_composition(raw):
     """A formula or Composition; a crystal structure (object, dict or structure file) gives its composition,

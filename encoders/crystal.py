@@ -205,6 +205,9 @@ class CrystalGraph:
     def size(self) -> int:  # one token per atom
         return len(self.z)
 
+    def elements(self) -> np.ndarray:
+        return np.unique(self.z)
+
 
 def neighbor_graph(structure, cutoff: float, max_neighbors: int) -> CrystalGraph:
     """Each atom's ``max_neighbors`` nearest neighbours within ``cutoff`` Å, periodic images included."""
@@ -298,6 +301,9 @@ class AtomFeatures:
     @property
     def size(self) -> int:  # one token per atom
         return len(self.z)
+
+    def elements(self) -> np.ndarray:
+        return np.unique(self.z)
 
 
 @functools.cache

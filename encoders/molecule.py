@@ -56,6 +56,9 @@ class MolGraph:
     def size(self) -> int:  # one token per heavy atom
         return len(self.atoms)
 
+    def elements(self) -> np.ndarray:
+        return np.unique(self.atoms[:, 0] - ATOM_OFFSETS[0])  # the first atom feature is the atomic number
+
 
 def _shown(text: str) -> str:
     return repr(text) if len(text) <= 80 else f"{text[:60]!r}... ({len(text):,} characters)"  # one short error line

@@ -46,8 +46,8 @@ def test_a_prepared_chunk_carries_features_only_for_a_head_that_describes_with_t
     model = zoo.load("molecule-solubility", device="cpu")
     prepared = model.prepare(3, [{"smiles": "CCO"}, {"smiles": "C1CC"}, {"smiles": "c1ccccc1"}])
     assert prepared.chunk == 3 and prepared.rows == 3 and list(prepared.errors) == [1]
-    assert sorted(i for index, _, _ in prepared.batches for i in index) == [0, 2]
-    assert all(features is None for _, features, _ in prepared.batches)  # a regression head reads no features
+    assert sorted(i for batch in prepared.batches for i in batch.index) == [0, 2]
+    assert all(batch.features is None for batch in prepared.batches)  # a regression head reads no features
 
 
 def test_row_chunks_cover_every_row_once_in_order():

@@ -40,6 +40,8 @@ def test_a_regression_row_gets_sigma_a_conformal_interval_and_a_domain_flag(trai
     near, far = rows[:10], rows[10:]
     assert np.mean([r["in_domain"] for r in near]) >= 0.8 and not any(r["in_domain"] for r in far)
     assert min(r["domain_score"] for r in far) > max(r["domain_score"] for r in near)
+    # an element no training molecule had puts a row out of domain and is named, whatever its distance
+    assert [r["unseen_elements"] for r in far] == ["Fe", "Pt", "F"] and all(r["unseen_elements"] is None for r in near)
     narrower, wider = (model.predict([{"smiles": "CCO"}], interval=level)[0] for level in (0.5, 0.9))
     assert narrower["logS_high"] - narrower["logS_low"] < wider["logS_high"] - wider["logS_low"]
 
@@ -50,7 +52,8 @@ def test_the_cli_writes_the_trust_columns_and_refuses_a_coverage_it_cannot_give(
     queries.write_text("smiles\nCCO\nnot a molecule\n")
     assert main(["predict", str(out), "--input", str(queries), "--output", str(tmp_path / "p.csv"), "--interval", "0.9"]) == 0
     got = list(csv.DictReader(open(tmp_path / "p.csv")))
-    assert list(got[0])[:8] == ["smiles", "logS", "logS_sigma", "logS_low", "logS_high", "domain_score", "in_domain", "error"]
+    assert list(got[0]) == ["smiles", "logS", "logS_sigma", "logS_low", "logS_high", "domain_score", "in_domain",
+                            "unseen_elements", "error"]
     assert got[0]["in_domain"] in ("true", "false") and got[1]["error"] and not got[1]["logS_sigma"]
     capsys.readouterr()
     assert main(["predict", str(out), "--input", str(queries), "--interval", "0.999"]) == 2

@@ -19,6 +19,7 @@ from encoders.base import featurize_cells
 from fusion import FUSIONS
 from tasks import HEADS
 from zoo.registry import TaskSpec
+from zoo.trust import row_elements
 
 
 def is_missing(value) -> bool:
@@ -109,13 +110,22 @@ def to_device(batch, device: torch.device):
     return batch
 
 
+class Batch(NamedTuple):
+    """Rows of a chunk collated for the model."""
+
+    index: list[int]                   # their rows in the chunk
+    features: list | None              # their features, where the head's describe reads them
+    collated: dict                     # the model's input
+    elements: list | None              # their atomic numbers, where the trust summary checks them
+
+
 class Prepared(NamedTuple):
     """A chunk of rows made ready for the model: what runs off the main process."""
 
-    chunk: int                                    # which chunk of the input
-    rows: int                                     # how many rows it has
-    errors: dict[int, str]                        # {row in the chunk: why it failed}
-    batches: list[tuple[list[int], list | None, dict]]  # (rows, their features or None, the collated batch)
+    chunk: int                         # which chunk of the input
+    rows: int                          # how many rows it has
+    errors: dict[int, str]             # {row in the chunk: why it failed}
+    batches: list[Batch]
 
 
 class ChunkSource(Protocol):
@@ -176,10 +186,12 @@ class Inference:
                 errors[i] = str(err)
         good.sort(key=lambda item: item[0])
         batches = []
+        elements = self.trust is not None and self.trust.tracks_elements
         for start, end in size_batches([size for size, _, _ in good], batch_size, tokens):
             features = [f for _, _, f in good[start:end]]
-            batches.append(([i for _, i, _ in good[start:end]], features if self.head.describe_uses_features else None,
-                            self.collate(features)))
+            batches.append(Batch([i for _, i, _ in good[start:end]],
+                                 features if self.head.describe_uses_features else None, self.collate(features),
+                                 [row_elements(f) for f in features] if elements else None))
         return Prepared(chunk, len(rows), errors, batches)
 
     def prepared(self, source: ChunkSource, batch_size: int = 256, workers: int = 0,
@@ -195,7 +207,7 @@ class Inference:
     def outputs(self, prepared: Prepared) -> Iterator[tuple[list[int], list | None, torch.Tensor]]:
         """(rows, features or None, raw head output) of each batch of a prepared chunk."""
         self.eval()
-        for index, features, batch in prepared.batches:
+        for index, features, batch, _ in prepared.batches:
             yield index, features, self(to_device(batch, self.device))
 
     trust = None  # a ``zoo.trust.Trust`` when the model has a trust summary
@@ -214,7 +226,7 @@ class Inference:
         results: list[dict[str, Any]] = [{} for _ in range(prepared.rows)]
         for i, why in prepared.errors.items():
             results[i] = {"error": why}
-        for index, features, batch in prepared.batches:
+        for index, features, batch, elements in prepared.batches:
             raw, pooled, parts = self.run(to_device(batch, self.device))
             values = self.head.decode(raw).float().cpu().numpy()
             # a head that scores its own decoding (tags: each word's probability) describes with it
@@ -224,7 +236,7 @@ class Inference:
                 results[i] = self.head.describe(v, features and features[k], **extra)
             if self.trust:
                 members = None if parts is None else np.stack([self.head.decode(p).float().cpu().numpy() for p in parts])
-                extra = self.trust.describe(values, pooled.float().cpu().numpy(), members, interval)
+                extra = self.trust.describe(values, pooled.float().cpu().numpy(), members, interval, elements)
                 for i, more in zip(index, extra):
                     results[i] |= more
         return results

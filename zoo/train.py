@@ -43,7 +43,7 @@ from zoo.model import (FEATURIZE_ROWS, Ensemble, ZooModel, feature_size, resolve
                        to_device)
 from zoo.registry import MODEL_KEYS, DataSpec, TaskSpec, validate_task
 from zoo.tables import read_dataset
-from zoo.trust import calibration, fit_trust, run_rows
+from zoo.trust import calibration, fit_trust, row_elements, run_rows
 
 
 def seed_everything(seed: int) -> None:
@@ -406,7 +406,8 @@ class Trainer:
                                                   "pred": pred.tolist()}
         if model.trust and len(test_idx):  # how far the trust summary holds on the test rows
             decoded, pooled, spread = run_rows(model, [test.features[i] for i in test_idx], cfg.batch_size)
-            metrics["test_calibration"] = calibration(model.trust, decoded, pooled, spread, test.targets[test_idx])
+            metrics["test_calibration"] = calibration(model.trust, decoded, pooled, spread, test.targets[test_idx],
+                                                      [row_elements(test.features[i]) for i in test_idx])
         took = time.perf_counter() - self._started
         metrics["wall_s"] = round(self._before + took, 2)
         if resume:

@@ -13,6 +13,8 @@ this existed, by ``zoo calibrate``), into ``trust.safetensors`` beside the weigh
   (normalised conformal regression: Papadopoulos et al. 2011, Lei et al. 2018), with the finite-sample
   correction, so on exchangeable rows an interval at 0.9 holds at least 90% of true values.
 - classification: each validation row's 1 - p(true class), whose quantile gives conformal prediction sets.
+- the elements (atomic numbers) of the training rows, where the inputs know theirs (molecules, crystals,
+  compositions): a row holding another is out of domain, and its ``unseen_elements`` name them.
 
 Only heads that read the pooled vector (values, probabilities, classes) have a domain; tags and embeddings have
 their own confidence (``margin`` of a ranking).
@@ -43,6 +45,10 @@ class Trust:
     def __init__(self, tensors: dict[str, np.ndarray], kind: str, names: list[str]):
         self.t, self.kind, self.names = tensors, kind, names  # names: the targets (values) or classes
 
+    @property
+    def tracks_elements(self) -> bool:
+        return "elements" in self.t
+
     def columns(self, interval: float | None) -> dict[str, str]:
         """Added output column -> its type: float, bool or text (JSON of a list)."""
         out = {}
@@ -53,7 +59,8 @@ class Trust:
                     out |= {f"{name}_low": "float", f"{name}_high": "float"}
         if self.kind == "classes" and interval:
             out["prediction_set"] = "text"
-        return out | {"domain_score": "float", "in_domain": "bool"}
+        return out | {"domain_score": "float", "in_domain": "bool"} | (
+            {"unseen_elements": "text"} if self.tracks_elements else {})
 
     def distance(self, pooled: np.ndarray) -> np.ndarray:
         """Each row's mean distance to its K nearest training embeddings, per dimension (so widths compare)."""
@@ -91,9 +98,17 @@ class Trust:
         return np.array(out)
 
     def describe(self, decoded: np.ndarray, pooled: np.ndarray, members: np.ndarray | None,
-                 interval: float | None) -> list[dict]:
+                 interval: float | None, elements: list[frozenset | None] | None = None) -> list[dict]:
+        """The trust columns of a batch (``columns``); ``elements``: each row's atomic numbers (``row_elements``),
+        where the summary tracks them: a row with one no training row had is out of domain whatever its score."""
         score = self.distance(pooled) / self.t["threshold"][0]
         rows = [{"domain_score": float(s), "in_domain": bool(s <= 1)} for s in score]
+        if self.tracks_elements and elements is not None:
+            seen = set(self.t["elements"].astype(int).tolist())
+            for row, held in zip(rows, elements):
+                unseen = sorted(set(held or ()) - seen)
+                row["unseen_elements"] = ", ".join(map(_symbol, unseen)) or None
+                row["in_domain"] &= not unseen
         if self.kind == "values":
             spread = self.spread(pooled, members)
             sigma = spread * self.t["sigma_scale"]
@@ -124,6 +139,18 @@ class Trust:
         except Exception as err:  # a damaged file: say which, in one line
             raise ZooError(f"{where}: not a readable trust summary ({str(err).splitlines()[0]})") from None
         return cls(tensors, head.kind, _names(head))
+
+
+def row_elements(features: dict) -> frozenset[int] | None:
+    """The atomic numbers of a row's inputs whose features know theirs (``Features.elements``), or None."""
+    found = [f.elements() for f in features.values() if f is not None and hasattr(f, "elements")]
+    return frozenset(np.concatenate(found).astype(int).tolist()) if found else None
+
+
+def _symbol(z: int) -> str:
+    from rdkit import Chem
+
+    return Chem.GetPeriodicTable().GetElementSymbol(z) if 0 < z <= 118 else f"Z={z}"
 
 
 def _names(head) -> list[str]:
@@ -165,6 +192,9 @@ def fit_trust(model, features: list[dict], targets: np.ndarray, train_idx: np.nd
                    "threshold": np.ones(1, np.float32), "floor": np.zeros(1, np.float32)}, head.kind, names)
     distance = trust.distance(pooled)
     trust.t["threshold"] = np.array([max(np.quantile(distance, DOMAIN_QUANTILE), 1e-6)], np.float32)
+    held = [row_elements(features[i]) for i in train_idx]
+    if any(h is not None for h in held):
+        trust.t["elements"] = np.array(sorted(set().union(*(h for h in held if h))), np.float32)
     y = targets[val_idx]
     if head.kind == "values":
         raw = members.std(0) if members is not None else np.repeat(distance[:, None], len(names), 1)
@@ -180,7 +210,7 @@ def fit_trust(model, features: list[dict], targets: np.ndarray, train_idx: np.nd
 
 
 def calibration(trust: Trust, decoded: np.ndarray, pooled: np.ndarray, members: np.ndarray | None,
-                y: np.ndarray, interval: float = 0.9) -> dict:
+                y: np.ndarray, elements: list[frozenset | None] | None = None, interval: float = 0.9) -> dict:
     """How well the summary's uncertainty holds on held-out rows (targets ``y``, NaN where missing).
 
     Regression, averaged over targets: Spearman rho between |error| and sigma, the miscalibration area (mean
@@ -192,7 +222,7 @@ def calibration(trust: Trust, decoded: np.ndarray, pooled: np.ndarray, members: 
 
     if interval > trust.max_coverage():  # too few validation rows for it: sigma and domain are still scored
         interval = None
-    rows = trust.describe(decoded, pooled, members, interval)
+    rows = trust.describe(decoded, pooled, members, interval, elements)
     out = {"in_domain": float(np.mean([r["in_domain"] for r in rows]))} | ({"interval": interval} if interval else {})
     if trust.kind == "values":
         levels = np.linspace(0.01, 0.99, 99)
