@@ -52,7 +52,7 @@ def solubility(folder: str) -> dict:
     flagged = model.predict(unusual)
     return {"model": folder, "test_in_domain": share_in_domain(test), "n_test": len(test),
             "unusual_in_domain": share_in_domain(flagged), "n_unusual": len(unusual),
-            "unusual": {row["name"]: {k: r.get(k) for k in ("domain_score", "in_domain", "error")}
+            "unusual": {row["name"]: {k: r.get(k) for k in ("domain_score", "in_domain", "unseen_elements", "error")}
                         for row, r in zip(unusual, flagged)}}
 
 
@@ -71,7 +71,8 @@ def materials(folder: str) -> dict:
     got = model.predict([{"structure": s} for s in probes.values()])
     test = model.predict(test_rows(zoo.load(folder)))
     return {"model": folder, "test_in_domain": share_in_domain(test), "n_test": len(test),
-            "probes": {name: {k: r.get(k) for k in ("e_form", "e_form_sigma", "domain_score", "in_domain", "error")}
+            "probes": {name: {k: r.get(k) for k in ("e_form", "e_form_sigma", "domain_score", "in_domain",
+                                                    "unseen_elements", "error")}
                        for name, r in zip(probes, got)}}
 
 
@@ -88,7 +89,8 @@ def main() -> None:
           f"{s['unusual_in_domain']:.0%} of {s['n_unusual']} unusual molecules")
     print(f"materials-property: in domain {m['test_in_domain']:.0%} of {m['n_test']} test rows")
     for name, r in m["probes"].items():
-        print(f"  {name}: domain_score {r['domain_score']:.2f}, in_domain {r['in_domain']}")
+        print(f"  {name}: domain_score {r['domain_score']:.2f}, in_domain {r['in_domain']}"
+              + (f" (unseen: {r['unseen_elements']})" if r["unseen_elements"] else ""))
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
 
 

@@ -14,6 +14,7 @@ import yaml
 from conftest import ROOT, SHARED_DATA
 
 from encoders import ZooError
+from tasks.splits import matbench_split
 from zoo.bench import replot
 from zoo.cli import main
 from zoo.data import data_file
@@ -242,3 +243,23 @@ def test_every_registry_reference_names_where_it_comes_from():
         for ref_name, ref in registry.task(name).references.items():
             assert ref.source and len(ref.source) > 20, f"{name}: {ref_name}: no source"
             assert "memory" not in ref.source.lower(), f"{name}: {ref_name}: cited from memory"
+
+
+def test_a_matbench_bench_writes_a_submission_file_that_grows_a_fold_at_a_time(tmp_path):
+    import gzip
+
+    table = tmp_path / "gaps.csv"
+    formulas = ["NaCl", "KCl", "MgO", "CaO", "GaAs", "Si", "ZnO", "TiO2", "Al2O3", "SiO2", "GaN", "InP", "CdS", "ZnS"]
+    table.write_text("composition,gap expt\n" + "".join(f"{f},{1 + i / 7:.3f}\n" for i, f in enumerate(formulas * 3)))
+    small = ["--set=train.epochs=1", "--set=fusion.dim=16", "--set=head.hidden=16"]
+    for fold in ("0", "1"):
+        assert main(["bench", "materials-bandgap", "--data", str(table), "--folds", fold, "--merge", "--results",
+                     str(tmp_path), *small]) == 0
+    record = json.loads(gzip.decompress((tmp_path / "materials-bandgap-matbench.json.gz").read_bytes()))
+    results = record["tasks"]["matbench_expt_gap"]["results"]
+    assert sorted(results) == ["fold_0", "fold_1"]  # the second call kept the first call's fold
+    split = [matbench_split(list(range(42)), (0.75, 0.05, 0.2), fold)[2] for fold in (0, 1)]
+    for fold, test in enumerate(split):
+        data = results[f"fold_{fold}"]["data"]
+        assert sorted(data) == sorted(f"mb-expt-gap-{i + 1:04d}" for i in test)
+        assert set(results[f"fold_{fold}"]["scores"]) == {"mae", "rmse", "mape", "max_error"}

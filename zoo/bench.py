@@ -14,6 +14,7 @@ baselines. Its numbers say only that the protocol runs: they are printed without
 """
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import subprocess
@@ -38,6 +39,7 @@ from tasks.ner import entity_scores
 from zoo.artifacts import BUNDLED, sha256_file, versions
 from zoo.checkpoint import NAME as CHECKPOINT
 from zoo.data import data_file
+from zoo.matbench import submission, write_submission
 from zoo.model import ZooModel
 from zoo.registry import Registry, TaskSpec
 from zoo.tables import read_dataset
@@ -349,6 +351,7 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
                              "weights_mb": round(weights_mb, 2), **detail(model, m["test_predictions"]),
                              "history": history, "overrides": {**base, **variant_overrides}, "git_commit": commit,
                              "test_true": m["test_predictions"]["true"], "test_pred": m["test_predictions"]["pred"],
+                             "test_rows": m["test_predictions"]["rows"],
                              **({"calibration": m["test_calibration"]} if "test_calibration" in m else {})})
                 if model.head.kind == "classes":  # kept in the JSON, so the matrix can be redrawn from it
                     runs[-1]["confusion"] = confusion_counts(runs[-1], model.head.classes)
@@ -365,6 +368,8 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
             _bundle(spec, runs, work, own, seed_name)
         if merge and (results / f"{task}.json").is_file():
             runs, chosen, rates = _merged(json.loads((results / f"{task}.json").read_text()), runs, chosen, rates, spec)
+        if spec.data.split == "matbench-kfold" and not quick:
+            _matbench_file(spec, runs, rows, results)
         seeds = sorted({r["seed"] for r in runs})
         record = _record(spec, chosen, runs, rates, seeds, seed_name, path, data_sha or sha256_file(path), quick)
         _write(record, runs, spec, results)
@@ -372,6 +377,27 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
     return record
+
+
+def _matbench_file(spec: TaskSpec, runs: list[dict], rows: list[dict], results: Path) -> None:
+    """``<task>-matbench.json.gz``, Matbench's submission file (``zoo.matbench``) of the task's own variant: this
+    call's folds, and the other folds of the file an earlier call wrote, so folds run one per session make one
+    file. Each fold is scored against the data's own targets."""
+    own = next(iter(spec.bench.variants))
+    folds = {r["seed"]: (r["test_rows"], np.ravel(r["test_pred"]).tolist()) for r in runs
+             if r["variant"] == own and "test_rows" in r}
+    if not folds:
+        return
+    path, task = results / f"{spec.name}-matbench.json.gz", spec.data.dataset
+    if path.is_file():
+        for name, fold in json.loads(gzip.decompress(path.read_bytes()))["tasks"][task]["results"].items():
+            rows_ids = [int(i.rsplit("-", 1)[1]) - 1 for i in fold["data"]]  # matbench ids are 1-based positions
+            folds.setdefault(int(name.removeprefix("fold_")), (rows_ids, list(fold["data"].values())))
+    column = next(iter(spec.head.targets.values()))
+    truth = {k: [float(rows[i][column]) for i in index] for k, (index, _) in folds.items()}
+    write_submission(path, submission(task, folds, truth, metadata={"model": f"SciZoo {spec.name} ({own})",
+                                                                     "git_commit": git_commit()}))
+    print(f"wrote {path} (Matbench submission, folds {', '.join(map(str, sorted(folds)))})")
 
 
 def _baseline_runs(registry: Registry, task: str, name: str, overrides: dict, rows: list[dict],
@@ -437,7 +463,7 @@ def _record(spec: TaskSpec, chosen: dict, runs: list[dict], rates: dict, seeds: 
         "data": f"{spec.data.dataset}/{path.name}" if spec.data.dataset else str(path), "data_sha256": data_sha, "data_source": spec.data.source,
         "mean": by_variant[first]["mean"], "std": by_variant[first]["std"], "variants": by_variant,
         "baselines": {name: summaries[name] for name in spec.bench.baselines},
-        "runs": [{k: v for k, v in r.items() if k not in ("test_true", "test_pred")} for r in runs],
+        "runs": [{k: v for k, v in r.items() if k not in ("test_true", "test_pred", "test_rows")} for r in runs],
         # a quick record carries no references: nothing should set its numbers beside them
         "references": {} if quick else {k: v.model_dump() for k, v in spec.references.items()},
         **({"classes": spec.head.params["classes"]} if spec.head.cls.kind == "classes" else {}),
