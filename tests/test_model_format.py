@@ -17,7 +17,9 @@ import zoo
 from encoders import ZooError
 from tests.conftest import ROOT
 from zoo.artifacts import BUNDLED, FORMAT, load_artifact, save, upgrade_config
+from tasks import HEADS
 from zoo.registry import BUILTIN_REGISTRY, MODEL_KEYS
+from zoo.trust import KINDS as TRUST_KINDS
 
 EXAMPLES = ROOT / "examples"
 BUNDLED_TASKS = sorted(p.name for p in BUNDLED.iterdir() if (p / "config.yaml").is_file())
@@ -43,7 +45,8 @@ def as_format_1(config: dict) -> dict:
     if config["model"]["ensemble"] != 1:
         task.setdefault("train", {})["ensemble"] = config["model"]["ensemble"]
     rest = {k: v for k, v in config["provenance"].items() if k != "task"}
-    return {"task": task, **rest, "weights_sha256": config["weights_sha256"]}
+    trust = {"trust_sha256": config["trust_sha256"]} if "trust_sha256" in config else {}  # a calibrated one
+    return {"task": task, **rest, "weights_sha256": config["weights_sha256"], **trust}
 
 
 def _rows(model) -> list[dict]:
@@ -78,7 +81,9 @@ def _outputs(model, rows: list[dict]):
 def test_every_bundled_model_is_in_the_current_format():
     for name in BUNDLED_TASKS:
         config = _config(BUNDLED / name)
-        assert config["format"] == FORMAT and set(config) == {"format", "model", "provenance", "weights_sha256"}, name
+        trusted = HEADS[config["model"]["head"]["type"]].kind in TRUST_KINDS  # these carry a trust summary
+        assert config["format"] == FORMAT and set(config) == {"format", "model", "provenance", "weights_sha256",
+                                                               *(["trust_sha256"] if trusted else [])}, name
         assert set(config["model"]) == set(MODEL_KEYS) | {"ensemble"}, name
         assert {"data", "train", "references"} <= set(config["provenance"]["task"]), name
 

@@ -166,7 +166,8 @@ def test_numbers_in_a_csv_go_out_as_they_came_in(tmp_path):
     out = tmp_path / "out.csv"
     assert main(["predict", "molecule-solubility", "--input", str(table), "--output", str(out)]) == 0
     lines = out.read_text().splitlines()
-    assert next(csv.reader(lines[:1])) == ["name", "smiles", "measured", "id", "logS", "error"]
+    assert next(csv.reader(lines[:1])) == ["name", "smiles", "measured", "id", "logS", "logS_sigma", "domain_score",
+                                           "in_domain", "unseen_elements", "error"]
     assert lines[1].startswith("ethanol,CCO,-0.77,007,") and lines[2].startswith("water,O,1.50,9,")
     noted = tmp_path / "noted.csv"  # a cell that needs quotes: the chunk is quoted, and reads back the same
     noted.write_text('name,smiles,note\nethanol,CCO,"a, b"\nwater,O,"say ""hi"""\n')

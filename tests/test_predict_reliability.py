@@ -213,8 +213,8 @@ def test_a_predicted_table_can_be_predicted_again(tmp_path):
         assert main(["predict", TASK, "--input", str(tmp_path / f"{src}.csv"),
                      "--output", str(tmp_path / f"{dst}.csv")]) == 0
     rows = _read_csv(tmp_path / "thrice.csv")
-    assert list(rows[0]) == ["smiles", "logS", "error", "logS_predicted", "error_predicted",
-                             "logS_predicted_2", "error_predicted_2"]
+    once = ["logS", "logS_sigma", "domain_score", "in_domain", "unseen_elements", "error"]
+    assert list(rows[0]) == ["smiles", *once, *(f"{c}_predicted" for c in once), *(f"{c}_predicted_2" for c in once)]
     for row in rows:  # every run's columns as it wrote them, and the same prediction each time
         assert row["logS"] == row["logS_predicted"] == row["logS_predicted_2"]
         assert row["error"] == row["error_predicted"] == row["error_predicted_2"]
@@ -222,8 +222,10 @@ def test_a_predicted_table_can_be_predicted_again(tmp_path):
 
 
 def test_output_names_skip_every_input_column(model):
-    names = zoo.predict._output_names(model, ["smiles", "logS", "logS_predicted", "error", "error_predicted_2"])
-    assert names == {"logS": "logS_predicted_2", "error": "error_predicted"}
+    names = zoo.predict._output_names(model.output_columns(), ["smiles", "logS", "logS_predicted", "error",
+                                                                "error_predicted_2", "in_domain"])
+    assert names == {"logS": "logS_predicted_2", "domain_score": "domain_score", "in_domain": "in_domain_predicted",
+                     "unseen_elements": "unseen_elements", "logS_sigma": "logS_sigma", "error": "error_predicted"}
 
 
 # 11. The output path is checked before the model is loaded.

@@ -83,7 +83,7 @@ def test_bad_rows_get_their_error_and_the_rest_are_predicted():
     model = zoo.ZooModel(zoo.info("asteroid-taxonomy"))
     out = model.predict([{"spectrum": [1.0] * 400}, {"spectrum": [1.0] * 401}, {"spectrum": None}])
     assert out[0]["error"].startswith("spectrum: column 'spectrum': wrong length: 400 values")
-    assert set(out[1]) == {"taxonomy", "taxonomy_probability"}
+    assert set(out[1]) == {"taxonomy", "taxonomy_probability", "taxonomy_entropy"}  # an untrained model: no trust summary
     assert "every input is empty" in out[2]["error"]
 
 
@@ -217,4 +217,5 @@ def test_bundled_models_predict_from_a_spectrum():
     [taxonomy] = zoo.load("asteroid-taxonomy").predict([{"spectrum": band(950.0, rng)}])
     assert taxonomy["taxonomy"] in zoo.info("asteroid-taxonomy").head.params["classes"]
     [composition] = zoo.load("mineral-composition").predict([{"spectrum": (np.array(band(1050.0, rng)) / 3).tolist()}])
-    assert len(composition) == 15 and all(np.isfinite(v) for v in composition.values())
+    targets = zoo.info("mineral-composition").head.targets
+    assert all(np.isfinite(composition[t]) and composition[f"{t}_sigma"] > 0 for t in targets) and len(targets) == 15

@@ -185,7 +185,9 @@ def upgrade_config(config: dict, where: str | os.PathLike = "config.yaml") -> di
     model = {k: task[k] for k in MODEL_KEYS if k in task} | {"ensemble": train.get("ensemble", 1)}
     provenance = {"task": {k: v for k, v in task.items() if k not in MODEL_KEYS}}
     provenance |= {k: config[k] for k in ("versions", "backbones", "data_sha256") if k in config}
-    return {"format": FORMAT, "model": model, "provenance": provenance, "weights_sha256": config.get("weights_sha256")}
+    trust = {"trust_sha256": config["trust_sha256"]} if "trust_sha256" in config else {}  # added by zoo calibrate
+    return {"format": FORMAT, "model": model, "provenance": provenance, "weights_sha256": config.get("weights_sha256"),
+            **trust}
 
 
 def read_config(config, where: str | os.PathLike) -> tuple[ModelSpec, dict, str | None]:

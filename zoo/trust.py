@@ -206,6 +206,7 @@ def fit_trust(model, features: list[dict], targets: np.ndarray, train_idx: np.nd
         truth = y[:, 0]
         known = ~np.isnan(truth)
         trust.t["scores"] = (1 - decoded[known, truth[known].astype(int)])[:, None]
+    trust.t = {k: np.asarray(v, np.float32) for k, v in trust.t.items()}  # as saved: a reload predicts the same
     return trust
 
 
