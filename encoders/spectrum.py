@@ -228,7 +228,8 @@ class SpectrumCNN(nn.Module):
         if self.normalize == "none":
             return x
         seen = x[covered]
-        scale = {"max": np.abs(seen).max(), "area": np.abs(seen).mean(), "snv": seen.std()}[self.normalize]
+        with np.errstate(over="ignore"):  # a scale that overflows is refused just below, in one line
+            scale = {"max": np.abs(seen).max(), "area": np.abs(seen).mean(), "snv": seen.std()}[self.normalize]
         if scale == 0:
             raise InputError("spectrum", f"a flat spectrum cannot be normalised ({self.normalize})")
         if not np.isfinite(scale):
