@@ -70,7 +70,7 @@ def test_conformal_intervals_hold_their_coverage_on_exchangeable_rows():
     pooled = rng.normal(size=(n, d)) * rng.uniform(0.5, 3, size=(n, 1))  # farther rows ...
     noise = trust.distance(pooled) * rng.normal(size=n)                   # ... err more
     val, test = slice(0, 500), slice(500, n)
-    trust.t["scores"] = (np.abs(noise[val]) / trust.spread(pooled[val], None)[:, 0])[:, None]
+    trust.t["scores"] = (np.abs(noise[val]) / trust.spread(trust.distance(pooled[val]), None)[:, 0])[:, None]
     rows = trust.describe(np.zeros((n, 1))[test], pooled[test], None, 0.9)
     inside = [r["y_low"] <= e <= r["y_high"] for r, e in zip(rows, noise[test])]
     assert 0.88 <= np.mean(inside) <= 0.93

@@ -71,10 +71,11 @@ class Trust:
         nearest = torch.cdist(z, reference).topk(min(K, len(reference)), dim=1, largest=False).values
         return (nearest.mean(1) / math.sqrt(z.shape[1])).numpy()
 
-    def spread(self, pooled: np.ndarray, members: np.ndarray | None) -> np.ndarray:
+    def spread(self, distance: np.ndarray, members: np.ndarray | None) -> np.ndarray:
         """The raw spread [B, targets] a regression row's sigma and interval scale: the members' std when there
-        are members, else the domain distance; never below ``floor`` (a small share of the validation median)."""
-        raw = members.std(0) if members is not None else np.repeat(self.distance(pooled)[:, None], len(self.names), 1)
+        are members, else the row's domain ``distance``; never below ``floor`` (a small share of the validation
+        median)."""
+        raw = members.std(0) if members is not None else np.repeat(distance[:, None], len(self.names), 1)
         return np.maximum(raw, self.t["floor"])
 
     def max_coverage(self) -> float:
@@ -101,7 +102,8 @@ class Trust:
                  interval: float | None, elements: list[frozenset | None] | None = None) -> list[dict]:
         """The trust columns of a batch (``columns``); ``elements``: each row's atomic numbers (``row_elements``),
         where the summary tracks them: a row with one no training row had is out of domain whatever its score."""
-        score = self.distance(pooled) / self.t["threshold"][0]
+        distance = self.distance(pooled)
+        score = distance / self.t["threshold"][0]
         rows = [{"domain_score": float(s), "in_domain": bool(s <= 1)} for s in score]
         if self.tracks_elements and elements is not None:
             seen = set(self.t["elements"].astype(int).tolist())
@@ -110,7 +112,7 @@ class Trust:
                 row["unseen_elements"] = ", ".join(map(_symbol, unseen)) or None
                 row["in_domain"] &= not unseen
         if self.kind == "values":
-            spread = self.spread(pooled, members)
+            spread = self.spread(distance, members)
             sigma = spread * self.t["sigma_scale"]
             half = spread * self.quantile(interval) if interval else None
             for i, row in enumerate(rows):
@@ -199,7 +201,7 @@ def fit_trust(model, features: list[dict], targets: np.ndarray, train_idx: np.nd
     if head.kind == "values":
         raw = members.std(0) if members is not None else np.repeat(distance[:, None], len(names), 1)
         trust.t["floor"] = 0.05 * np.median(raw, 0) + 1e-12
-        scores = np.abs(y - decoded) / trust.spread(pooled, members)  # NaN where a row lacks the target
+        scores = np.abs(y - decoded) / trust.spread(distance, members)  # NaN where a row lacks the target
         trust.t["scores"] = scores
         trust.t["sigma_scale"] = np.sqrt(np.nanmean(scores ** 2, 0))
     elif head.kind == "classes":
