@@ -303,7 +303,7 @@ class ContrastiveHead(nn.Module):
                  targets: dict[str, str] | None = None, embedding: PositiveInt = 256,
                  temperature: PositiveFloat = 0.07, hidden: Annotated[int, Ge(0)] = 0):
         super().__init__()
-        self.targets, self.outputs, self.numeric = [], ["matches"], []
+        self.targets, self.outputs, self.numeric = [], ["matches", "margin"], ["margin"]  # as predict ranks them
         self.sides = [[query] if isinstance(query, str) else list(query),
                       [candidate] if isinstance(candidate, str) else list(candidate)]
         self.query, self.candidate = self.sides[0][0], self.sides[1][0]  # each side's first input names it

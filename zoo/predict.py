@@ -211,7 +211,7 @@ def predict_table(model: ZooModel, path: str | Path, output: str | Path | None =
     workers = resolve_workers(workers)
     if interval is not None and model.trust:
         model.trust.quantile(interval)  # a coverage it cannot give fails before any row is read
-    outputs = {"matches": "text", "margin": "float"} if candidates else model.output_columns(interval)
+    outputs = model.output_columns(interval)
     rank_rows = _rank(model, Path(candidates), top, batch_size) if candidates else None
     batches = iter_table(path, chunk_rows)
     first = next(batches, None)
