@@ -25,6 +25,7 @@ import sys
 import time
 import typing
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ from zoo.model import (FEATURIZE_ROWS, Ensemble, ZooModel, feature_size, resolve
                        to_device)
 from zoo.registry import MODEL_KEYS, DataSpec, TaskSpec, validate_task
 from zoo.tables import read_dataset
-from zoo.trust import calibration, fit_trust, row_elements, run_rows
+from zoo.trust import KINDS as TRUST_KINDS, calibration, fit_trust, row_elements
 
 
 def seed_everything(seed: int) -> None:
@@ -285,6 +286,13 @@ class BatchLoader:
             iterator._shutdown_workers()
 
 
+class Evaluated(NamedTuple):
+    pred: np.ndarray            # decoded outputs
+    true: np.ndarray            # targets, NaN where missing
+    pooled: np.ndarray          # the fused embeddings [N, dim]
+    members: np.ndarray | None  # an ensemble's members' decoded outputs [K, N, ...] (heads a trust summary reads)
+
+
 def _lr_factor(step: int, warmup: int, total: int, final: float) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -336,21 +344,28 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, model: ZooModel | Ensemble, data: Prepared, index: np.ndarray,
-                 loader: BatchLoader | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Decoded predictions and targets (NaN where missing) for rows ``index``, in order; the batches come from
-        ``loader`` (one over ``data``), else from a loader made for this pass."""
+                 loader: BatchLoader | None = None) -> Evaluated:
+        """Decoded predictions and targets (NaN where missing) for rows ``index``, in order, with the pooled
+        embeddings and (for an ensemble of a head a trust summary reads) each member's decoded outputs, which the
+        trust summary is fitted and checked on; the batches come from ``loader`` (one over ``data``), else from a
+        loader made for this pass."""
         model.eval()
-        preds, targets = [], []
+        preds, targets, pooled, members = [], [], [], []
         size = self.spec.train.batch_size
         loader = loader or self._loader(model, data, persistent=False)
         for batch, y, mask in loader([index[start : start + size] for start in range(0, len(index), size)]):
             with self._autocast(model):
-                pred = model.head.decode(model(to_device(batch, model.device))).float().cpu().numpy()
+                raw, vectors, parts = model.run(to_device(batch, model.device))
+                pred = model.head.decode(raw).float().cpu().numpy()
+                if parts is not None and model.head.kind in TRUST_KINDS:
+                    members.append(np.stack([model.head.decode(p).float().cpu().numpy() for p in parts]))
             if pred.ndim == 2 and pred.shape[1] < y.shape[1]:  # tags: a batch's rows end before the longest
                 pred = np.pad(pred, ((0, 0), (0, y.shape[1] - pred.shape[1])), constant_values=np.nan)
             preds.append(pred)
             targets.append(np.where(mask.numpy(), y.numpy(), np.nan))
-        return np.concatenate(preds), np.concatenate(targets)
+            pooled.append(vectors.float().cpu().numpy())
+        return Evaluated(np.concatenate(preds), np.concatenate(targets), np.concatenate(pooled),
+                         np.concatenate(members, axis=1) if members else None)
 
     def _autocast(self, model: ZooModel):
         cuda = model.device.type == "cuda" and self.spec.train.bf16
@@ -389,7 +404,6 @@ class Trainer:
                                     [r for run in runs for r in run["history"]]))
             members.append(member)
         model = members[0] if cfg.ensemble == 1 else Ensemble(members)
-        model.trust = fit_trust(model, data.features, data.targets, train_idx, val_idx, cfg.batch_size, cfg.seed)
 
         per_member = lambda values: values[0] if cfg.ensemble == 1 else values
         metrics = {"best_epoch": per_member([r["best_epoch"] for r in runs]),
@@ -400,14 +414,16 @@ class Trainer:
             metrics["member_val"] = [{spec.metric: r["best"]} for r in runs]
         for part, source, index in (("val", data, val_idx), ("test", test, test_idx)):
             if len(index):
-                pred, true = self.evaluate(model, source, index)
+                pred, true, pooled, spread = self.evaluate(model, source, index)
                 metrics[part] = {name: score(name, true, pred) for name in _family_metrics(spec)}
                 metrics[f"{part}_predictions"] = {"rows": source.rows[index].tolist(), "true": true.tolist(),
                                                   "pred": pred.tolist()}
-        if model.trust and len(test_idx):  # how far the trust summary holds on the test rows
-            decoded, pooled, spread = run_rows(model, [test.features[i] for i in test_idx], cfg.batch_size)
-            metrics["test_calibration"] = calibration(model.trust, decoded, pooled, spread, test.targets[test_idx],
-                                                      [row_elements(test.features[i]) for i in test_idx])
+                if part == "val":  # the trust summary, from these validation outputs
+                    model.trust = fit_trust(model, data.features, data.targets, train_idx, val_idx, cfg.batch_size,
+                                            cfg.seed, val=(pred, pooled, spread))
+                elif model.trust:  # and how far it holds on the test rows
+                    metrics["test_calibration"] = calibration(model.trust, pred, pooled, spread, true,
+                                                              [row_elements(test.features[i]) for i in test_idx])
         took = time.perf_counter() - self._started
         metrics["wall_s"] = round(self._before + took, 2)
         if resume:
@@ -513,7 +529,7 @@ class Trainer:
                     run["batch"], run["step"] = b + 1, run["step"] + 1
                     if cfg.checkpoint_every and run["step"] % cfg.checkpoint_every == 0:
                         checkpoint()
-                pred, true = self.evaluate(kept, data, val_idx, loader)
+                pred, true, _, _ = self.evaluate(kept, data, val_idx, loader)
                 value = score(spec.metric, true, pred)
                 record = {"epoch": epoch, "train_loss": float(np.mean(run["losses"])), f"val_{spec.metric}": value,
                           "lr": scheduler.get_last_lr()[0], **({"member": member} if cfg.ensemble > 1 else {}),

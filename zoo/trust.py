@@ -178,16 +178,17 @@ def run_rows(model, features: list[dict], batch_size: int) -> tuple[np.ndarray, 
 
 
 def fit_trust(model, features: list[dict], targets: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
-              batch_size: int, seed: int = 0) -> Trust | None:
+              batch_size: int, seed: int = 0, val: tuple | None = None) -> Trust | None:
     """The trust summary of a trained model from its training and validation rows (None for a head without a
-    pooled vector, or too few rows)."""
+    pooled vector, or too few rows). ``val``: the validation rows' (decoded, pooled, members) where the caller
+    has just run them, else they are run here."""
     head = model.head
     if head.kind not in KINDS or len(val_idx) < 2:
         return None
     rng = np.random.default_rng(seed)
     kept = np.sort(rng.permutation(train_idx)[:REFERENCE_ROWS])
     _, train_pooled, _ = run_rows(model, [features[i] for i in kept], batch_size)
-    decoded, pooled, members = run_rows(model, [features[i] for i in val_idx], batch_size)
+    decoded, pooled, members = val or run_rows(model, [features[i] for i in val_idx], batch_size)
     center, scale = train_pooled.mean(0), train_pooled.std(0) + 1e-6
     names = _names(head)
     trust = Trust({"center": center, "scale": scale, "reference": (train_pooled - center) / scale,
