@@ -17,7 +17,6 @@ import inspect
 import os
 import typing
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any, Callable, Protocol
 
@@ -298,6 +297,8 @@ class TypeRegistry(dict):
     def _entry_points(self, name: str | None = None):
         if not self.group:
             return ()
+        from importlib.metadata import entry_points  # 30 ms at startup, and only a name no module registers needs it
+
         return entry_points(group=self.group, **({"name": name} if name is not None else {}))
 
     def _plugin(self, name):

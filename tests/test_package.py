@@ -65,7 +65,7 @@ def test_the_wheel_carries_the_registry_and_every_bundled_model(built):
             assert (info.external_attr >> 16) & 0o170000 != 0o120000, f"{path} is a link in the wheel"
             assert wheel.read(path) == content, f"{path} in the wheel differs from the source"
         entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-        assert "zoo = zoo.cli:main" in wheel.read(entry_points).decode()
+        assert "zoo = zoo.cli:console" in wheel.read(entry_points).decode()
         for package in ("zoo", "encoders", "fusion", "tasks"):
             assert f"{package}/__init__.py" in names
 

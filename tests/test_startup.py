@@ -28,3 +28,18 @@ def test_a_molecule_prediction_imports_no_other_modality_or_scoring_library(tmp_
             f"'--output', {str(tmp_path / 'out.csv')!r}])\nassert rc == 0, rc")
     # nor pandas, which pyarrow imports on its first pa.array (0.3 s)
     assert _imported_after(code, HEAVY + ("pandas",)) == []
+
+
+def test_the_zoo_command_quick_exit_keeps_its_output_and_exit_code(tmp_path):
+    # `python -m zoo` ends like the installed script: exit handlers, flushed streams, no interpreter teardown
+    table = tmp_path / "three.csv"
+    table.write_text("smiles\nCCO\nc1ccccc1\nCC(=O)O\n")
+    done = subprocess.run([sys.executable, "-m", "zoo", "predict", "molecule-solubility", "--input", str(table)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows = done.stdout.splitlines()
+    assert len(rows) == 4 and rows[0].startswith('"smiles","logS"') and rows[3].startswith("CC(=O)O,")
+    assert "predicted 3 of 3 rows" in done.stderr
+    refused = subprocess.run([sys.executable, "-m", "zoo", "predict", "no-such-task", "--input", str(table)],
+                             cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.startswith("zoo: error: unknown task 'no-such-task'")

@@ -1,5 +1,3 @@
-import sys
+from zoo.cli import console
 
-from zoo.cli import main
-
-sys.exit(main())
+console()
