@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 
+from zoo.bench import summarise
 from zoo.registry import load_registry
 
 HERE = Path(__file__).resolve().parent
@@ -16,13 +17,29 @@ README = HERE.parent / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
-def _row(r: dict, label: str, variant: str, summary: dict, refs: str) -> str:
-    mine = [run for run in r["runs"] if run["variant"] == variant]
-    runs = ", ".join(f"{run['test'][r['metric']]:.3f}{_differs(run, mine)}" for run in mine)
-    scored = summary.get("test", {}).get(r["metric"], summary)  # a variant's mean and std are also at its top
-    mean, std = scored["mean"], scored["std"]
-    return (f"| `{r['task']}` | {label} | {r['metric'].upper()} ({r['split']}) | **{mean:.3f} ± {std:.3f}** | "
-            f"{runs} | {_trust(summary.get('calibration'))} | {refs} |")
+def _row(r: dict, label: str, runs: list[dict], refs: str) -> str:
+    summary = summarise(runs, (r["metric"],))
+    scored = summary["test"][r["metric"]]
+    per_run = ", ".join(f"{run['test'][r['metric']]:.3f}" for run in runs)
+    return (f"| `{r['task']}` | {label} | {r['metric'].upper()} ({r['split']}) | "
+            f"**{scored['mean']:.3f} ± {scored['std']:.3f}** | {per_run} | {_trust(summary.get('calibration'))} | {refs} |")
+
+
+def recipes(runs: list[dict]) -> dict[str, list[dict]]:
+    """A variant's runs grouped by the overrides they ran with, labelled by them: one row per training recipe,
+    so no mean mixes budgets (a merged record can hold runs of several)."""
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        shown = ", ".join(f"{k}={v}" for k, v in sorted((run.get("overrides") or {}).items()))
+        groups.setdefault(shown, []).append(run)
+    return groups
+
+
+def _rows(r: dict, variant: str, label: str, refs: str) -> list[str]:
+    groups = recipes([run for run in r["runs"] if run["variant"] == variant])
+    if len(groups) == 1:
+        return [_row(r, label, next(iter(groups.values())), refs)]
+    return [_row(r, f"{label} ({shown or 'as the registry'})", runs, refs) for shown, runs in groups.items()]
 
 
 def _trust(c: dict | None) -> str:
@@ -37,15 +54,6 @@ def _trust(c: dict | None) -> str:
     return f"{covered}ECE {c['ece']:.3f}" if "ece" in c else ""
 
 
-def _differs(run: dict, runs: list[dict]) -> str:
-    """The overrides this run does not share with the variant's other runs (a merged record can mix budgets)."""
-    keys = {k for other in runs for k in other.get("overrides", {})}
-    own = {k: run.get("overrides", {}).get(k) for k in sorted(keys)}
-    odd = {k: v for k, v in own.items() if any(o.get("overrides", {}).get(k) != v for o in runs)}
-    shown = ", ".join(f"{k}={v}" for k, v in odd.items() if v is not None)  # None: the registry's value then
-    return f" ({shown})" if shown else ""
-
-
 def table() -> str:
     registry = load_registry()  # the references as cited now, not as a results file recorded them
     lines = ["| task | model | metric (split) | test: mean ± std | per run | trust (test) | references |",
@@ -56,10 +64,10 @@ def table() -> str:
             continue
         refs = "; ".join(f"{name} {ref.value}" + (f" ± {ref.std}" if ref.std is not None else "")
                          for name, ref in registry.task(r["task"]).references.items())
-        for variant, v in r["variants"].items():
-            lines.append(_row(r, variant, variant, v, refs))
-        for name, b in r.get("baselines", {}).items():  # run beside ours on the same splits
-            lines.append(_row(r, f"{name} (baseline)", name, b, refs))
+        for variant in r["variants"]:
+            lines += _rows(r, variant, variant, refs)
+        for name in r.get("baselines", {}):  # run beside ours on the same splits
+            lines += _rows(r, name, f"{name} (baseline)", refs)
     return "\n".join(lines)
 
 

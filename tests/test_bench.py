@@ -105,6 +105,22 @@ def test_the_readme_table_is_the_one_generated_from_the_results():
     assert readme[readme.index(START) + len(START) : readme.index(END)].strip() == table().strip()
 
 
+def test_the_readme_table_gives_each_training_recipe_its_own_row():
+    # a merged record with runs at two budgets: no mean mixes them, and each row names its overrides
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from readme_table import _rows
+
+    run = lambda seed, mae, over: {"variant": "ours", "seed": seed, "test": {"mae": mae}, "overrides": over}
+    record = {"task": "t", "metric": "mae", "split": "kfold", "runs": [
+        run(0, 0.034, {"train.ema": 0.999}), run(1, 0.046, {"train.epochs": 30}), run(2, 0.042, {"train.epochs": 30})]}
+    rows = _rows(record, "ours", "ours", "")
+    assert len(rows) == 2
+    assert "| ours (train.ema=0.999) |" in rows[0] and "**0.034 ± 0.000** | 0.034 |" in rows[0]
+    assert "| ours (train.epochs=30) |" in rows[1] and "**0.044 ± 0.002** | 0.046, 0.042 |" in rows[1]
+    same = {**record, "runs": [run(1, 0.046, {}), run(2, 0.042, {})]}
+    assert _rows(same, "ours", "ours", "")[0].startswith("| `t` | ours | MAE (kfold) | **0.044 ± 0.002**")
+
+
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs the shared data sets (../shared/data or ZOO_DATA)")
 def test_zoo_bench_all_quick_runs_every_task_protocol(tmp_path, monkeypatch):
     """The CI-sized run of every benchmark: same code path as a full run, a few hundred rows, two epochs."""
