@@ -143,17 +143,22 @@ class _ScalarOutputs:
 class RegressionHead(_ScalarOutputs, nn.Module):
     """Regression on standardised targets; the training set's mean and std are saved with the weights.
 
-    ``loss: l1`` suits data scored by MAE with many exact values (band gaps of metals are all 0 eV)."""
+    ``loss: l1`` suits data scored by MAE with many exact values (band gaps of metals are all 0 eV).
+    ``uncertainty: mve`` (mean-variance estimation, Nix & Weigend 1994) also predicts each row's spread and trains
+    both by the negative log-likelihood of the loss's distribution: Gaussian for ``mse``, Laplace for ``l1``
+    (whose maximum-likelihood centre is the median, as l1's). ``variance`` gives it in the target's units, and
+    the trust summary scales it into ``sigma``."""
 
     kind = "values"
     metrics = ("rmse", "mae", "r2")
 
     def __init__(self, dim: int, *, targets: dict[str, str], hidden: PositiveInt = 256, dropout: Fraction = 0.0,
-                 loss: Literal["mse", "l1"] = "mse"):
+                 loss: Literal["mse", "l1"] = "mse", uncertainty: Literal["none", "mve"] = "none"):
         super().__init__()
         self.targets, self.columns = list(targets), list(targets.values())
         self.loss_fn = {"mse": F.mse_loss, "l1": F.l1_loss}[loss]
-        self.mlp = _mlp(dim, hidden, len(self.targets), dropout)
+        self.laplace, self.mve = loss == "l1", uncertainty == "mve"
+        self.mlp = _mlp(dim, hidden, len(self.targets) * (2 if self.mve else 1), dropout)
         self.register_buffer("mean", torch.zeros(len(self.targets)))
         self.register_buffer("std", torch.ones(len(self.targets)))
 
@@ -163,14 +168,27 @@ class RegressionHead(_ScalarOutputs, nn.Module):
         self.std.copy_(torch.as_tensor(np.nan_to_num(np.nanstd(y, 0), nan=1.0)).clamp(min=1e-6))
 
     def forward(self, fused: Fused) -> torch.Tensor:
-        return self.mlp(fused.pooled)
+        return self.mlp(fused.pooled)  # [B, targets], then (mve) each target's scale before its softplus
 
     def loss(self, raw: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         z = (torch.where(mask, target, self.mean) - self.mean) / self.std
-        return _masked_mean(self.loss_fn(raw, z, reduction="none"), mask)
+        n = len(self.targets)
+        if not self.mve:
+            return _masked_mean(self.loss_fn(raw, z, reduction="none"), mask)
+        centre, scale = raw[:, :n], F.softplus(raw[:, n:]) + 1e-6  # Gaussian: the variance; Laplace: b
+        if self.laplace:  # -log p up to a constant
+            return _masked_mean(torch.log(scale) + (centre - z).abs() / scale, mask)
+        return _masked_mean(F.gaussian_nll_loss(centre, z, scale, reduction="none"), mask)
 
     def decode(self, raw: torch.Tensor) -> torch.Tensor:
-        return raw * self.std + self.mean
+        return raw[:, : len(self.targets)] * self.std + self.mean
+
+    def variance(self, raw: torch.Tensor) -> torch.Tensor | None:
+        """Each row's predicted variance [B, targets] in the target's units squared (``mve``), else None."""
+        if not self.mve:
+            return None
+        scale = F.softplus(raw[:, len(self.targets):]) + 1e-6
+        return (2 * scale ** 2 if self.laplace else scale) * self.std ** 2  # a Laplace's variance is 2 b^2
 
 
 @register_head("multilabel")

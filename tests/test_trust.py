@@ -114,3 +114,74 @@ def test_the_test_set_calibration_is_recorded(trained):
     calibration = json.loads((out / "metrics.json").read_text())["test_calibration"]
     assert {"spearman_abs_error_sigma", "miscalibration_area", "coverage", "mean_width", "in_domain"} <= set(calibration)
     assert 0 <= calibration["coverage"] <= 1 and calibration["mean_width"] > 0
+
+
+@pytest.mark.parametrize("loss", ["mse", "l1"])
+def test_a_mean_variance_head_learns_which_rows_are_noisy(loss):
+    # rows x in [-1, 1] with y = x + noise whose std is 0.02 for x < 0 and 0.5 for x > 0: the Gaussian (mse) or
+    # Laplace (l1) likelihood teaches the head both the centre and the spread; decode gives the centre alone
+    from fusion.common import Fused
+    from tasks.heads import RegressionHead
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    x = torch.linspace(-1, 1, 400).unsqueeze(1)
+    y = x + torch.where(x < 0, 0.02, 0.5) * torch.randn_like(x)
+    head = RegressionHead(1, targets={"y": "y"}, hidden=32, loss=loss, uncertainty="mve")
+    head.fit(y.numpy())
+    step = torch.optim.Adam(head.parameters(), lr=1e-2)
+    fused = Fused(x, {}, {})
+    for _ in range(400):
+        step.zero_grad()
+        head.loss(head(fused), y, torch.ones_like(y, dtype=torch.bool)).backward()
+        step.step()
+    with torch.no_grad():
+        raw = head(fused)
+        std = head.variance(raw).sqrt().squeeze(1)
+        assert head.decode(raw).shape == (400, 1)
+        assert float(torch.mean((head.decode(raw) - x) ** 2)) < 0.02
+    quiet, noisy = std[x[:, 0] < -0.2].median(), std[x[:, 0] > 0.2].median()
+    assert 0.2 < noisy < 0.8 and quiet < 0.1, (quiet, noisy)
+
+
+def test_the_model_spread_combines_members_and_predicted_variances():
+    import torch
+
+    from tasks.heads import RegressionHead
+    from zoo.trust import model_spread
+
+    plain, mve = (RegressionHead(4, targets={"y": "y"}, uncertainty=u) for u in ("none", "mve"))
+    for head in (plain, mve):
+        head.std.fill_(2.0)
+    softplus_inverse = lambda v: float(np.log(np.expm1(v)))  # raw input that gives variance v (standardised)
+    parts = [torch.tensor([[m, softplus_inverse(v)]]) for m, v in ((0.0, 0.25), (1.0, 0.75))]
+    assert model_spread(plain, torch.zeros(1, 1), None) is None
+    assert model_spread(plain, torch.zeros(1, 1), [p[:, :1] for p in parts]) == pytest.approx(np.array([[1.0]]))
+    # one model: its own std, in the target's units (std 2 -> variance x 4)
+    assert model_spread(mve, parts[0], None) == pytest.approx(np.array([[1.0]]), rel=1e-5)
+    # two: the mixture's std, sqrt(var of the means (1 = (2 / 2)^2) + mean variance (0.5 * 4 = 2))
+    assert model_spread(mve, parts[0], parts) == pytest.approx(np.array([[3 ** 0.5]]), rel=1e-5)
+
+
+def test_a_trained_mean_variance_model_scales_its_own_sigma(tmp_path):
+    table = tmp_path / "textbook.csv"
+    with open(table, "w", newline="") as f:
+        csv.writer(f).writerows([["smiles", "measured log solubility in mols per litre"],
+                                 *[[s, len(s) / 10] for s in TEXTBOOK]])
+    out = tmp_path / "model"
+    assert main(["train", "molecule-solubility", "--data", str(table), "--out", str(out), *SETS,
+                 "--set=head.uncertainty=mve"]) == 0
+    import torch
+
+    from zoo.trust import model_spread
+
+    model = zoo.load(out)
+    rows = [{"smiles": s} for s in TEXTBOOK[:8]]
+    got = model.predict(rows, interval=0.9)
+    batch = model.collate([f for f, _ in model.featurize_rows(rows)])
+    with torch.no_grad():
+        raw, _, parts = model.run(batch)
+    own = model_spread(model.head, raw, parts)[:, 0]  # sigma is the head's std, scaled on the validation rows
+    expected = np.maximum(own, model.trust.t["floor"][0]) * model.trust.t["sigma_scale"][0]
+    assert [r["logS_sigma"] for r in got] == pytest.approx(expected.tolist(), rel=1e-5)
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"]["head"]["uncertainty"] == "mve"

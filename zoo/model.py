@@ -19,7 +19,7 @@ from encoders.base import featurize_cells
 from fusion import FUSIONS
 from tasks import HEADS
 from zoo.registry import TaskSpec
-from zoo.trust import row_elements
+from zoo.trust import model_spread, row_elements
 
 
 def is_missing(value) -> bool:
@@ -235,8 +235,8 @@ class Inference:
                 extra = {} if scored is None else {"confidence": scored[k]}
                 results[i] = self.head.describe(v, features and features[k], **extra)
             if self.trust:
-                members = None if parts is None else np.stack([self.head.decode(p).float().cpu().numpy() for p in parts])
-                extra = self.trust.describe(values, pooled.float().cpu().numpy(), members, interval, elements)
+                extra = self.trust.describe(values, pooled.float().cpu().numpy(), model_spread(self.head, raw, parts),
+                                            interval, elements)
                 for i, more in zip(index, extra):
                     results[i] |= more
         return results

@@ -44,7 +44,7 @@ from zoo.model import (FEATURIZE_ROWS, Ensemble, ZooModel, feature_size, resolve
                        to_device)
 from zoo.registry import MODEL_KEYS, DataSpec, TaskSpec, validate_task
 from zoo.tables import read_dataset
-from zoo.trust import KINDS as TRUST_KINDS, calibration, fit_trust, row_elements
+from zoo.trust import calibration, fit_trust, model_spread, row_elements
 
 
 def seed_everything(seed: int) -> None:
@@ -290,7 +290,7 @@ class Evaluated(NamedTuple):
     pred: np.ndarray            # decoded outputs
     true: np.ndarray            # targets, NaN where missing
     pooled: np.ndarray          # the fused embeddings [N, dim]
-    members: np.ndarray | None  # an ensemble's members' decoded outputs [K, N, ...] (heads a trust summary reads)
+    spread: np.ndarray | None   # the model's own spread of a regression's outputs (``zoo.trust.model_spread``)
 
 
 def _lr_factor(step: int, warmup: int, total: int, final: float) -> float:
@@ -346,26 +346,24 @@ class Trainer:
     def evaluate(self, model: ZooModel | Ensemble, data: Prepared, index: np.ndarray,
                  loader: BatchLoader | None = None) -> Evaluated:
         """Decoded predictions and targets (NaN where missing) for rows ``index``, in order, with the pooled
-        embeddings and (for an ensemble of a head a trust summary reads) each member's decoded outputs, which the
-        trust summary is fitted and checked on; the batches come from ``loader`` (one over ``data``), else from a
-        loader made for this pass."""
+        embeddings and (a regression) the model's own spread, which the trust summary is fitted and checked on;
+        the batches come from ``loader`` (one over ``data``), else from a loader made for this pass."""
         model.eval()
-        preds, targets, pooled, members = [], [], [], []
+        preds, targets, pooled, spread = [], [], [], []
         size = self.spec.train.batch_size
         loader = loader or self._loader(model, data, persistent=False)
         for batch, y, mask in loader([index[start : start + size] for start in range(0, len(index), size)]):
             with self._autocast(model):
                 raw, vectors, parts = model.run(to_device(batch, model.device))
                 pred = model.head.decode(raw).float().cpu().numpy()
-                if parts is not None and model.head.kind in TRUST_KINDS:
-                    members.append(np.stack([model.head.decode(p).float().cpu().numpy() for p in parts]))
+                spread.append(model_spread(model.head, raw, parts))
             if pred.ndim == 2 and pred.shape[1] < y.shape[1]:  # tags: a batch's rows end before the longest
                 pred = np.pad(pred, ((0, 0), (0, y.shape[1] - pred.shape[1])), constant_values=np.nan)
             preds.append(pred)
             targets.append(np.where(mask.numpy(), y.numpy(), np.nan))
             pooled.append(vectors.float().cpu().numpy())
         return Evaluated(np.concatenate(preds), np.concatenate(targets), np.concatenate(pooled),
-                         np.concatenate(members, axis=1) if members else None)
+                         None if not spread or spread[0] is None else np.concatenate(spread))
 
     def _autocast(self, model: ZooModel):
         cuda = model.device.type == "cuda" and self.spec.train.bf16

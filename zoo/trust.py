@@ -7,8 +7,9 @@ this existed, by ``zoo calibrate``), into ``trust.safetensors`` beside the weigh
 - the domain: up to ``REFERENCE_ROWS`` training rows' fused embeddings, standardised. A row's distance is its mean
   Euclidean distance to the ``K`` nearest of them; its ``domain_score`` is that over the 95th percentile of the
   validation rows' distances, so ``in_domain`` (score at most 1) holds for 95% of rows like the validation set's.
-- regression: a raw spread per row and target (the ensemble members' std, or the domain distance for one model)
-  and, for every validation row, its |error| over that spread. Their root mean square scales the spread into a
+- regression: a raw spread per row and target (``model_spread``: the ensemble members' std, a mean-variance
+  head's predicted std, both combined, or else the domain distance) and, for every validation row, its |error|
+  over that spread. Their root mean square scales the spread into a
   ``sigma`` in the target's units; their quantile gives split-conformal intervals at any coverage asked
   (normalised conformal regression: Papadopoulos et al. 2011, Lei et al. 2018), with the finite-sample
   correction, so on exchangeable rows an interval at 0.9 holds at least 90% of true values.
@@ -40,7 +41,7 @@ KINDS = ("values", "probabilities", "classes")  # heads fed by the pooled vector
 
 class Trust:
     """A model's trust summary (see the module's docstring): ``columns`` names what ``describe`` adds to each
-    row's output, ``describe`` computes it from a batch's decoded outputs, pooled embeddings and member spread."""
+    row's output, ``describe`` computes it from a batch's decoded outputs, pooled embeddings and model spread."""
 
     def __init__(self, tensors: dict[str, np.ndarray], kind: str, names: list[str]):
         self.t, self.kind, self.names = tensors, kind, names  # names: the targets (values) or classes
@@ -71,11 +72,11 @@ class Trust:
         nearest = torch.cdist(z, reference).topk(min(K, len(reference)), dim=1, largest=False).values
         return (nearest.mean(1) / math.sqrt(z.shape[1])).numpy()
 
-    def spread(self, distance: np.ndarray, members: np.ndarray | None) -> np.ndarray:
-        """The raw spread [B, targets] a regression row's sigma and interval scale: the members' std when there
-        are members, else the row's domain ``distance``; never below ``floor`` (a small share of the validation
-        median)."""
-        raw = members.std(0) if members is not None else np.repeat(distance[:, None], len(self.names), 1)
+    def spread(self, distance: np.ndarray, spread: np.ndarray | None) -> np.ndarray:
+        """The raw spread [B, targets] a regression row's sigma and interval scale: the model's own
+        (``model_spread``) where it gives one, else the row's domain ``distance``; never below ``floor`` (a small
+        share of the validation median)."""
+        raw = spread if spread is not None else np.repeat(distance[:, None], len(self.names), 1)
         return np.maximum(raw, self.t["floor"])
 
     def max_coverage(self) -> float:
@@ -98,7 +99,7 @@ class Trust:
             out.append(scores[rank - 1])
         return np.array(out)
 
-    def describe(self, decoded: np.ndarray, pooled: np.ndarray, members: np.ndarray | None,
+    def describe(self, decoded: np.ndarray, pooled: np.ndarray, spread: np.ndarray | None,
                  interval: float | None, elements: list[frozenset | None] | None = None) -> list[dict]:
         """The trust columns of a batch (``columns``); ``elements``: each row's atomic numbers (``row_elements``),
         where the summary tracks them: a row with one no training row had is out of domain whatever its score."""
@@ -112,7 +113,7 @@ class Trust:
                 row["unseen_elements"] = ", ".join(map(_symbol, unseen)) or None
                 row["in_domain"] &= not unseen
         if self.kind == "values":
-            spread = self.spread(distance, members)
+            spread = self.spread(distance, spread)
             sigma = spread * self.t["sigma_scale"]
             half = spread * self.quantile(interval) if interval else None
             for i, row in enumerate(rows):
@@ -159,28 +160,45 @@ def _names(head) -> list[str]:
     return list(head.classes) if head.kind == "classes" else list(head.targets)
 
 
+def model_spread(head, raw: torch.Tensor, parts: list[torch.Tensor] | None) -> np.ndarray | None:
+    """The spread [B, targets] a regression model gives its own outputs, in the target's units: an ensemble's
+    members' std, a mean-variance head's predicted std, or with both the std of the members' mixture (their
+    mean variance plus the variance of their means: Lakshminarayanan et al. 2017); None when it gives none
+    (one model of a plain head, or a head that is not a regression)."""
+    variance = getattr(head, "variance", None)
+    if head.kind != "values" or (parts is None and (variance is None or variance(raw) is None)):
+        return None
+    if parts is None:
+        total = variance(raw)
+    else:
+        means = torch.stack([head.decode(p) for p in parts])
+        total = means.var(0, unbiased=False)
+        if variance is not None and variance(parts[0]) is not None:
+            total = total + torch.stack([variance(p) for p in parts]).mean(0)
+    return total.sqrt().float().cpu().numpy()
+
+
 @torch.no_grad()
 def run_rows(model, features: list[dict], batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Decoded outputs, pooled embeddings and (for an ensemble) each member's decoded outputs of featurized rows."""
+    """Decoded outputs, pooled embeddings and the model's own spread (``model_spread``) of featurized rows."""
     from zoo.model import to_device
 
     model.eval()
-    decoded, pooled, members = [], [], []
+    decoded, pooled, spread = [], [], []
     for start in range(0, len(features), batch_size):
         batch = to_device(model.collate(features[start : start + batch_size]), model.device)
         raw, vectors, parts = model.run(batch)
         decoded.append(model.head.decode(raw).float().cpu().numpy())
         pooled.append(vectors.float().cpu().numpy())
-        if parts is not None:
-            members.append(np.stack([model.head.decode(p).float().cpu().numpy() for p in parts]))
+        spread.append(model_spread(model.head, raw, parts))
     return (np.concatenate(decoded), np.concatenate(pooled),
-            np.concatenate(members, axis=1) if members else None)
+            None if spread[0] is None else np.concatenate(spread))
 
 
 def fit_trust(model, features: list[dict], targets: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
               batch_size: int, seed: int = 0, val: tuple | None = None) -> Trust | None:
     """The trust summary of a trained model from its training and validation rows (None for a head without a
-    pooled vector, or too few rows). ``val``: the validation rows' (decoded, pooled, members) where the caller
+    pooled vector, or too few rows). ``val``: the validation rows' (decoded, pooled, spread) where the caller
     has just run them, else they are run here."""
     head = model.head
     if head.kind not in KINDS or len(val_idx) < 2:
@@ -188,7 +206,7 @@ def fit_trust(model, features: list[dict], targets: np.ndarray, train_idx: np.nd
     rng = np.random.default_rng(seed)
     kept = np.sort(rng.permutation(train_idx)[:REFERENCE_ROWS])
     _, train_pooled, _ = run_rows(model, [features[i] for i in kept], batch_size)
-    decoded, pooled, members = val or run_rows(model, [features[i] for i in val_idx], batch_size)
+    decoded, pooled, spread = val or run_rows(model, [features[i] for i in val_idx], batch_size)
     center, scale = train_pooled.mean(0), train_pooled.std(0) + 1e-6
     names = _names(head)
     trust = Trust({"center": center, "scale": scale, "reference": (train_pooled - center) / scale,
@@ -200,9 +218,9 @@ def fit_trust(model, features: list[dict], targets: np.ndarray, train_idx: np.nd
         trust.t["elements"] = np.array(sorted(set().union(*(h for h in held if h))), np.float32)
     y = targets[val_idx]
     if head.kind == "values":
-        raw = members.std(0) if members is not None else np.repeat(distance[:, None], len(names), 1)
+        raw = spread if spread is not None else np.repeat(distance[:, None], len(names), 1)
         trust.t["floor"] = 0.05 * np.median(raw, 0) + 1e-12
-        scores = np.abs(y - decoded) / trust.spread(distance, members)  # NaN where a row lacks the target
+        scores = np.abs(y - decoded) / trust.spread(distance, spread)  # NaN where a row lacks the target
         trust.t["scores"] = scores
         trust.t["sigma_scale"] = np.sqrt(np.nanmean(scores ** 2, 0))
     elif head.kind == "classes":
@@ -213,7 +231,7 @@ def fit_trust(model, features: list[dict], targets: np.ndarray, train_idx: np.nd
     return trust
 
 
-def calibration(trust: Trust, decoded: np.ndarray, pooled: np.ndarray, members: np.ndarray | None,
+def calibration(trust: Trust, decoded: np.ndarray, pooled: np.ndarray, spread: np.ndarray | None,
                 y: np.ndarray, elements: list[frozenset | None] | None = None, interval: float = 0.9) -> dict:
     """How well the summary's uncertainty holds on held-out rows (targets ``y``, NaN where missing).
 
@@ -226,7 +244,7 @@ def calibration(trust: Trust, decoded: np.ndarray, pooled: np.ndarray, members: 
 
     if interval > trust.max_coverage():  # too few validation rows for it: sigma and domain are still scored
         interval = None
-    rows = trust.describe(decoded, pooled, members, interval, elements)
+    rows = trust.describe(decoded, pooled, spread, interval, elements)
     out = {"in_domain": float(np.mean([r["in_domain"] for r in rows]))} | ({"interval": interval} if interval else {})
     if trust.kind == "values":
         levels = np.linspace(0.01, 0.99, 99)
