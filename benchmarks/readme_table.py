@@ -9,7 +9,7 @@ import json
 import re
 from pathlib import Path
 
-from zoo.bench import summarise
+from zoo.bench import recipe, summarise
 from zoo.registry import load_registry
 
 HERE = Path(__file__).resolve().parent
@@ -25,18 +25,28 @@ def _row(r: dict, label: str, runs: list[dict], refs: str) -> str:
             f"**{scored['mean']:.3f} ± {scored['std']:.3f}** | {per_run} | {_trust(summary.get('calibration'))} | {refs} |")
 
 
-def recipes(runs: list[dict]) -> dict[str, list[dict]]:
-    """A variant's runs grouped by the overrides they ran with, labelled by them: one row per training recipe,
-    so no mean mixes budgets (a merged record can hold runs of several)."""
+def recipes(runs: list[dict], current: dict) -> dict[str, list[dict]]:
+    """A variant's runs grouped by training recipe, so no mean mixes budgets (a merged record can hold runs of
+    several), each group labelled by how it differs from ``current``, the registry's recipe now. A run records
+    its recipe (``zoo.bench.recipe``); an older one only its overrides of the registry of its day."""
     groups: dict[str, list[dict]] = {}
     for run in runs:
-        shown = ", ".join(f"{k}={v}" for k, v in sorted((run.get("overrides") or {}).items()))
-        groups.setdefault(shown, []).append(run)
+        if "recipe" in run:
+            now = {f"train.{k}": v for k, v in current["train"].items()} | {"data.fractions": current["fractions"]}
+            then = {f"train.{k}": v for k, v in run["recipe"]["train"].items()} | {
+                "data.fractions": run["recipe"]["fractions"]}
+            differs = {k: v for k, v in then.items() if now.get(k) != v}
+            label = ", ".join(f"{k}={v}" for k, v in sorted(differs.items()))
+        else:
+            label = ", ".join([*(f"{k}={v}" for k, v in sorted((run.get("overrides") or {}).items())),
+                               "recipe not recorded"])
+        groups.setdefault(label, []).append(run)
     return groups
 
 
-def _rows(r: dict, variant: str, label: str, refs: str) -> list[str]:
-    groups = recipes([run for run in r["runs"] if run["variant"] == variant])
+def _rows(r: dict, variant: str, label: str, refs: str, registry) -> list[str]:
+    current = recipe(registry.task(r["task"], r.get("overrides", {}).get(variant) or {}))
+    groups = recipes([run for run in r["runs"] if run["variant"] == variant], current)
     if len(groups) == 1:
         return [_row(r, label, next(iter(groups.values())), refs)]
     return [_row(r, f"{label} ({shown or 'as the registry'})", runs, refs) for shown, runs in groups.items()]
@@ -65,9 +75,9 @@ def table() -> str:
         refs = "; ".join(f"{name} {ref.value}" + (f" ± {ref.std}" if ref.std is not None else "")
                          for name, ref in registry.task(r["task"]).references.items())
         for variant in r["variants"]:
-            lines += _rows(r, variant, variant, refs)
+            lines += _rows(r, variant, variant, refs, registry)
         for name in r.get("baselines", {}):  # run beside ours on the same splits
-            lines += _rows(r, name, f"{name} (baseline)", refs)
+            lines += _rows(r, name, f"{name} (baseline)", refs, registry)
     return "\n".join(lines)
 
 

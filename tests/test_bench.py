@@ -106,19 +106,29 @@ def test_the_readme_table_is_the_one_generated_from_the_results():
 
 
 def test_the_readme_table_gives_each_training_recipe_its_own_row():
-    # a merged record with runs at two budgets: no mean mixes them, and each row names its overrides
+    # a merged record with runs at several budgets: no mean mixes them, and each row says how its recipe
+    # differs from the registry's; runs that record their recipe are grouped by it, older ones by overrides
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from readme_table import _rows
+    from zoo.bench import recipe
 
-    run = lambda seed, mae, over: {"variant": "ours", "seed": seed, "test": {"mae": mae}, "overrides": over}
-    record = {"task": "t", "metric": "mae", "split": "kfold", "runs": [
-        run(0, 0.034, {"train.ema": 0.999}), run(1, 0.046, {"train.epochs": 30}), run(2, 0.042, {"train.epochs": 30})]}
-    rows = _rows(record, "ours", "ours", "")
-    assert len(rows) == 2
-    assert "| ours (train.ema=0.999) |" in rows[0] and "**0.034 ± 0.000** | 0.034 |" in rows[0]
-    assert "| ours (train.epochs=30) |" in rows[1] and "**0.044 ± 0.002** | 0.046, 0.042 |" in rows[1]
-    same = {**record, "runs": [run(1, 0.046, {}), run(2, 0.042, {})]}
-    assert _rows(same, "ours", "ours", "")[0].startswith("| `t` | ours | MAE (kfold) | **0.044 ± 0.002**")
+    registry = load_registry()
+    now = recipe(registry.task("molecule-solubility"))
+    run = lambda seed, rmse, over, **more: {"variant": "ours", "seed": seed, "test": {"rmse": rmse}, "overrides": over,
+                                           **more}
+    record = {"task": "molecule-solubility", "metric": "rmse", "split": "random", "runs": [
+        run(0, 0.52, {"train.ema": 0.999}, recipe=now),  # an override the registry has since adopted
+        run(1, 0.60, {}, recipe={**now, "train": {**now["train"], "epochs": 30}}),
+        run(2, 0.58, {"train.epochs": 30}), run(3, 0.62, {"train.epochs": 30}),
+        run(4, 0.56, {}, recipe=now)]}
+    rows = _rows(record, "ours", "ours", "", registry)
+    assert len(rows) == 3
+    assert "| ours (as the registry) |" in rows[0] and "**0.540 ± 0.020** | 0.520, 0.560 |" in rows[0]
+    assert "| ours (train.epochs=30) |" in rows[1] and "| 0.600 |" in rows[1]  # by recipe
+    assert "| ours (train.epochs=30, recipe not recorded) |" in rows[2] and "**0.600 ± 0.020** | 0.580, 0.620 |" in rows[2]
+    same = {**record, "runs": [run(1, 0.60, {}), run(2, 0.58, {})]}  # one recipe: the variant's name alone
+    assert _rows(same, "ours", "ours", "", registry)[0].startswith(
+        "| `molecule-solubility` | ours | RMSE (random) | **0.590 ± 0.010**")
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs the shared data sets (../shared/data or ZOO_DATA)")

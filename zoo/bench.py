@@ -82,6 +82,12 @@ def detail(model: ZooModel, predictions: dict) -> dict:
     return {"test_per_type": entity_scores(gold, pred)}
 
 
+def recipe(spec) -> dict:
+    """What a run trained with, whatever the registry said then: its training settings (but the seed, which is
+    the split's) and split fractions. Runs with equal recipes are one benchmark row."""
+    return {"train": spec.train.model_dump(exclude={"seed"}), "fractions": list(spec.data.fractions)}
+
+
 def summarise(runs: list[dict], metrics: tuple[str, ...]) -> dict:
     """Mean and std over runs of each test metric, the mean per target where runs score targets apart, and the
     mean of each calibration figure where runs have a trust summary (``zoo.trust.calibration``)."""
@@ -350,6 +356,7 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
                              **{k: m[k] for k in ("n_train", "n_val", "n_test")},
                              "weights_mb": round(weights_mb, 2), **detail(model, m["test_predictions"]),
                              "history": history, "overrides": {**base, **variant_overrides}, "git_commit": commit,
+                             "recipe": recipe(seed_spec),
                              "test_true": m["test_predictions"]["true"], "test_pred": m["test_predictions"]["pred"],
                              "test_rows": m["test_predictions"]["rows"],
                              **({"calibration": m["test_calibration"]} if "test_calibration" in m else {})})
