@@ -72,11 +72,11 @@ class Trust:
         nearest = torch.cdist(z, reference).topk(min(K, len(reference)), dim=1, largest=False).values
         return (nearest.mean(1) / math.sqrt(z.shape[1])).numpy()
 
-    def spread(self, distance: np.ndarray, spread: np.ndarray | None) -> np.ndarray:
-        """The raw spread [B, targets] a regression row's sigma and interval scale: the model's own
+    def spread(self, distance: np.ndarray, own: np.ndarray | None) -> np.ndarray:
+        """The raw spread [B, targets] a regression row's sigma and interval scale: the model's ``own``
         (``model_spread``) where it gives one, else the row's domain ``distance``; never below ``floor`` (a small
         share of the validation median)."""
-        raw = spread if spread is not None else np.repeat(distance[:, None], len(self.names), 1)
+        raw = own if own is not None else np.repeat(distance[:, None], len(self.names), 1)
         return np.maximum(raw, self.t["floor"])
 
     def max_coverage(self) -> float:
@@ -99,10 +99,11 @@ class Trust:
             out.append(scores[rank - 1])
         return np.array(out)
 
-    def describe(self, decoded: np.ndarray, pooled: np.ndarray, spread: np.ndarray | None,
+    def describe(self, decoded: np.ndarray, pooled: np.ndarray, own: np.ndarray | None,
                  interval: float | None, elements: list[frozenset | None] | None = None) -> list[dict]:
-        """The trust columns of a batch (``columns``); ``elements``: each row's atomic numbers (``row_elements``),
-        where the summary tracks them: a row with one no training row had is out of domain whatever its score."""
+        """The trust columns of a batch (``columns``); ``own``: the model's spread (``model_spread``), if any;
+        ``elements``: each row's atomic numbers (``row_elements``), where the summary tracks them: a row with one
+        no training row had is out of domain whatever its score."""
         distance = self.distance(pooled)
         score = distance / self.t["threshold"][0]
         rows = [{"domain_score": float(s), "in_domain": bool(s <= 1)} for s in score]
@@ -113,7 +114,7 @@ class Trust:
                 row["unseen_elements"] = ", ".join(map(_symbol, unseen)) or None
                 row["in_domain"] &= not unseen
         if self.kind == "values":
-            spread = self.spread(distance, spread)
+            spread = self.spread(distance, own)
             sigma = spread * self.t["sigma_scale"]
             half = spread * self.quantile(interval) if interval else None
             for i, row in enumerate(rows):
@@ -165,16 +166,16 @@ def model_spread(head, raw: torch.Tensor, parts: list[torch.Tensor] | None) -> n
     members' std, a mean-variance head's predicted std, or with both the std of the members' mixture (their
     mean variance plus the variance of their means: Lakshminarayanan et al. 2017); None when it gives none
     (one model of a plain head, or a head that is not a regression)."""
-    variance = getattr(head, "variance", None)
-    if head.kind != "values" or (parts is None and (variance is None or variance(raw) is None)):
+    if head.kind != "values":
         return None
+    variance = getattr(head, "variance", lambda raw: None)
     if parts is None:
-        total = variance(raw)
-    else:
-        means = torch.stack([head.decode(p) for p in parts])
-        total = means.var(0, unbiased=False)
-        if variance is not None and variance(parts[0]) is not None:
-            total = total + torch.stack([variance(p) for p in parts]).mean(0)
+        own = variance(raw)
+        return None if own is None else own.sqrt().float().cpu().numpy()
+    total = torch.stack([head.decode(p) for p in parts]).var(0, unbiased=False)
+    own = [variance(p) for p in parts]
+    if own[0] is not None:
+        total = total + torch.stack(own).mean(0)
     return total.sqrt().float().cpu().numpy()
 
 
