@@ -1,11 +1,12 @@
 """Crystals: a pymatgen Structure (from CIF, POSCAR, a pymatgen JSON dict or an object) -> atom tokens.
 
 ``crystal-cgcnn`` is a from-scratch crystal graph convolution (Xie & Grossman 2018) in plain torch over a
-periodic neighbour graph; ``crystal-chgnet`` transfers the pretrained CHGNet's atom features.
+periodic neighbour graph; ``crystal-chgnet`` transfers the pretrained CHGNet's atom features, frozen or fine-tuned.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import io
 import json
@@ -19,7 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from encoders.base import Fraction, InputError, PositiveFloat, PositiveInt, Tokens, concat, input_file, pad_tokens, register_encoder, token_index
+from encoders.base import (Fraction, InputError, PositiveFloat, PositiveInt, Tokens, ZooError, concat, input_file,
+                           pad_tokens, register_encoder, token_index)
 
 STRUCTURE_SUFFIXES = {".cif": "cif", ".vasp": "poscar", ".poscar": "poscar", ".json": "json"}
 # Bounds on one structure, so a bad cell is a per-row error and never a stalled or out-of-memory job: the
@@ -286,6 +288,9 @@ class CrystalCGCNN(nn.Module):
 
 
 CHGNET_FEATURES = 129  # two layers of 64 atom features, and the atom's site energy
+# What ``top-k`` counts from the top: CHGNet's embeddings (atoms, bond and angle bases), then its four
+# interaction blocks. ``top_k: 5`` trains all of it.
+CHGNET_STAGES = 5
 # CHGNet's graphs per forward. On 200 perovskites (2 cores, lightly shared) batches of 16-32 ran at 95-97
 # cells/s on one thread and 123-149 on two, against 76 one graph at a time: a batch runs on the caller's torch
 # threads, as CHGNet's own predict_structure does; a lone graph keeps one (a second one only spins on its small
@@ -295,8 +300,16 @@ CHGNET_BATCH = 32
 
 @dataclass
 class AtomFeatures:
-    z: np.ndarray         # [n_atoms] atomic numbers
-    features: np.ndarray  # [n_atoms, CHGNET_FEATURES] CHGNet atom features and site energy (eV), float32
+    """A frozen CHGNet's features (``features``), or, when CHGNet trains, the geometry its forward starts from
+    (the rest); the fields of the other kind are empty."""
+
+    z: np.ndarray           # [n_atoms] atomic numbers
+    features: np.ndarray    # [n_atoms, CHGNET_FEATURES] CHGNet atom features and site energy (eV), float32
+    lengths: np.ndarray     # [n_bonds] float32 Å, each undirected bond within CHGNet's 6 Å
+    angles: np.ndarray      # [n_angles] float32 radians between two bonds within 3 Å that meet at an atom
+    atom_graph: np.ndarray  # [n_directed, 2] centre and neighbour atom of each directed bond
+    bond_of: np.ndarray     # [n_directed] the undirected bond of each directed one
+    bond_graph: np.ndarray  # [n_angles, 3] the centre atom and the two undirected bonds of each angle
 
     @property
     def size(self) -> int:  # one token per atom
@@ -304,6 +317,26 @@ class AtomFeatures:
 
     def elements(self) -> np.ndarray:
         return np.unique(self.z)
+
+
+def _no_geometry() -> list[np.ndarray]:
+    return [np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros((0, 2), np.int32), np.zeros(0, np.int32),
+            np.zeros((0, 3), np.int32)]
+
+
+def _chgnet_geometry(graph) -> list[np.ndarray]:
+    """A CHGNet graph's bond lengths and angles, computed with the same float32 operations as CHGNet's own
+    ``BatchedGraph.from_graphs``, and its index arrays: what CHGNet's forward starts from."""
+    with torch.inference_mode():
+        cart = graph.atom_frac_coord @ graph.lattice
+        atom_graph = graph.atom_graph.reshape(-1, 2)
+        vectors = cart[atom_graph[:, 0]] - (cart[atom_graph[:, 1]] + graph.neighbor_image @ graph.lattice)
+        lengths = torch.norm(vectors, dim=1)
+        units = vectors / lengths[:, None]
+        bond_graph = graph.bond_graph.reshape(-1, 5)  # centre atom, then (undirected, directed) of each bond
+        cosine = torch.sum(units[bond_graph[:, 2]] * units[bond_graph[:, 4]], dim=1) * (1 - 1e-6)
+        return [lengths[graph.undirected2directed].numpy(), torch.acos(cosine).numpy(), atom_graph.numpy(),
+                graph.directed2undirected.numpy(), bond_graph[:, [0, 1, 3]].numpy()]
 
 
 @functools.cache
@@ -362,9 +395,13 @@ def _chgnet_features(model, graphs: list) -> list[np.ndarray | InputError]:
 class CrystalCHGNet(nn.Module):
     """Transfer from CHGNet 0.3.0 (Deng et al. 2023, trained on the Materials Project trajectories).
 
-    The backbone is frozen: its per-atom features are computed at featurization (and so cached with the
-    data set), and only the adapter below is trained and saved. The artifact records the backbone's package
-    and version, and loading rebuilds it from the installed wheel.
+    Under ``train`` (the default: the bundled materials-property model was trained so) and ``frozen`` the backbone
+    is frozen: its per-atom features are computed at featurization (and so cached with the data set), and only
+    the adapter below is trained and saved. Under ``top-k`` the last k of CHGNet's ``CHGNET_STAGES`` stages and
+    its readout train with the adapter: featurization keeps CHGNet's graph (bond lengths, angles, indices) and
+    the forward runs CHGNet on it, its frozen stages building no autograd graph. The trained stages are saved
+    with the model; the artifact records the backbone's package and version, and loading rebuilds the rest
+    from the installed wheel.
     """
 
     out_dim: int  # the width of its tokens (the Encoder contract)
@@ -375,10 +412,39 @@ class CrystalCHGNet(nn.Module):
         from importlib.metadata import version as package_version
 
         self.version, self.out_dim = version, dim
-        self.backbone = f"chgnet=={package_version('chgnet')} CHGNet {version} (frozen, not in the weights)"
+        self.chgnet: nn.Module | None = None  # CHGNet's own copy, once some of it trains (``set_transfer``)
+        self.package = f"chgnet=={package_version('chgnet')} CHGNet {version}"
+        self.backbone = f"{self.package} (frozen, not in the weights)"
         self.embed = nn.Embedding(119, dim)
         self.adapter = nn.Sequential(nn.Linear(CHGNET_FEATURES, dim), *[
             m for _ in range(layers - 1) for m in (nn.SiLU(), nn.Dropout(dropout), nn.Linear(dim, dim))])
+
+    def set_transfer(self, strategy: str, *, top_k: int = 2, **_) -> None:
+        """``frozen``: CHGNet trains nothing, as under ``train``; ``top-k``: its last k stages (``top_k: 1``, the
+        last interaction block; 5, all of it) and its readout train."""
+        if strategy == "frozen":
+            return
+        if strategy != "top-k":
+            raise ZooError(f"crystal-chgnet has no transfer strategy {strategy!r} (it has train and frozen, which "
+                           f"keep CHGNet frozen, and top-k, which fine-tunes its last top_k of {CHGNET_STAGES} stages)")
+        if not 0 < top_k <= CHGNET_STAGES:
+            raise ZooError(f"crystal-chgnet: top_k {top_k} is not 1 to {CHGNET_STAGES}, the stages of CHGNet "
+                           "(its embeddings, then four interaction blocks)")
+        self.chgnet = copy.deepcopy(chgnet_backbone(self.version))  # the shared one stays as featurization needs it
+        trained = [m for stage in self._stages()[-top_k:] for m in stage] + [self.chgnet.readout_norm, self.chgnet.mlp]
+        for module in trained:
+            module.requires_grad_(True)
+        self.backbone = f"{self.package} (its last {top_k} of {CHGNET_STAGES} stages and readout in the weights)"
+
+    def _stages(self) -> list[list[nn.Module]]:
+        """CHGNet's modules by stage, in the order its forward runs them."""
+        c = self.chgnet
+        embeddings = [c.atom_embedding, c.bond_basis_expansion, c.bond_embedding, c.bond_weights_ag, c.bond_weights_bg,
+                      c.angle_basis_expansion, c.angle_embedding]
+        # Block i updates atoms, then bonds, then angles, and the last block atoms alone: nothing reads the angles
+        # of the block before it (CHGNet computes and drops them), so that update is neither run nor trained here.
+        return [embeddings] + [[c.atom_conv_layers[i], *c.bond_conv_layers[i : i + 1],
+                                *c.angle_layers[i : min(i + 1, c.n_conv - 2)]] for i in range(c.n_conv)]
 
     def featurize(self, raw) -> AtomFeatures:
         features = self.featurize_many([raw])[0]
@@ -387,8 +453,8 @@ class CrystalCHGNet(nn.Module):
         return features
 
     def featurize_many(self, raws: list) -> list[AtomFeatures | InputError]:
-        """``featurize`` over many cells, CHGNet running CHGNET_BATCH graphs at a time (a batch amortizes its
-        per-call overhead); a cell CHGNet cannot take is that cell's InputError and the others are kept."""
+        """``featurize`` over many cells, a frozen CHGNet running CHGNET_BATCH graphs at a time (a batch amortizes
+        its per-call overhead); a cell CHGNet cannot take is that cell's InputError and the others are kept."""
         model = chgnet_backbone(self.version)
         results: list[AtomFeatures | InputError] = []
         graphs = []  # (position in raws, atomic numbers, CHGNet graph)
@@ -404,21 +470,59 @@ class CrystalCHGNet(nn.Module):
                 continue
             graphs.append((len(results), np.array([site.specie.Z for site in structure], dtype=np.int64), graph))
             results.append(None)
+        if self.chgnet is not None:  # CHGNet trains: it runs in the forward, from its graph's geometry
+            for i, z, graph in graphs:
+                results[i] = AtomFeatures(z, np.zeros(0, np.float32), *_chgnet_geometry(graph))
+            return results
         for start in range(0, len(graphs), CHGNET_BATCH):
             batch = graphs[start : start + CHGNET_BATCH]
             for (i, z, _), features in zip(batch, _chgnet_features(model, [g for _, _, g in batch])):
-                results[i] = features if isinstance(features, InputError) else AtomFeatures(z, features)
+                ok = not isinstance(features, InputError)
+                results[i] = AtomFeatures(z, features, *_no_geometry()) if ok else features
         return results
 
-    @staticmethod
-    def collate(items: list[AtomFeatures | None]) -> dict:
-        present = [(i, a) for i, a in enumerate(items) if a is not None]
-        return {
-            "z": concat([a.z for _, a in present], np.int64),
-            "features": concat([a.features for _, a in present], np.float32, CHGNET_FEATURES),
-            **token_index([i for i, _ in present], [len(a.z) for _, a in present], len(items)),
+    def collate(self, items: list[AtomFeatures | None]) -> dict:
+        present = [a for a in items if a is not None]
+        batch = {
+            "z": concat([a.z for a in present], np.int64),
+            **token_index([i for i, a in enumerate(items) if a is not None], [len(a.z) for a in present], len(items)),
+        }
+        if self.chgnet is None:
+            return batch | {"features": concat([a.features for a in present], np.float32, CHGNET_FEATURES)}
+        atoms = np.cumsum([0] + [len(a.z) for a in present])  # each row's first atom and bond in the batch
+        bonds = np.cumsum([0] + [len(a.lengths) for a in present])
+        return batch | {
+            "lengths": concat([a.lengths for a in present], np.float32),
+            "angles": concat([a.angles for a in present], np.float32),
+            "atom_graph": concat([a.atom_graph + s for a, s in zip(present, atoms)], np.int64, 2),
+            "bond_of": concat([a.bond_of + b for a, b in zip(present, bonds)], np.int64),
+            "bond_graph": concat([a.bond_graph + [s, b, b] for a, s, b in zip(present, atoms, bonds)], np.int64, 3),
         }
 
+    def _run_chgnet(self, batch: dict) -> torch.Tensor:
+        """[n_atoms, CHGNET_FEATURES], the features ``_chgnet_features`` reads off CHGNet's forward, with gradients
+        through its trained stages: CHGNet's ``_compute`` restricted to what the features need."""
+        c, graph = self.chgnet, {"atom_graph": batch["atom_graph"], "directed2undirected": batch["bond_of"]}
+        bases_ag = c.bond_basis_expansion.rbf_expansion_ag(batch["lengths"])
+        weights_bg = c.bond_weights_bg(c.bond_basis_expansion.rbf_expansion_bg(batch["lengths"]))
+        atoms, bonds = c.atom_embedding(batch["z"] - 1), c.bond_embedding(bases_ag)
+        weights_ag = c.bond_weights_ag(bases_ag)
+        angles = c.angle_embedding(c.angle_basis_expansion.fourier_expansion(batch["angles"]))
+        for i, (atom_conv, *updates) in enumerate(self._stages()[1:]):
+            atoms = atom_conv(atom_feas=atoms, bond_feas=bonds, bond_weights=weights_ag, **graph)
+            if i == c.n_conv - 2:
+                third = atoms  # after the block before the last: CHGNet's magnetic-moment input
+            if updates and len(batch["angles"]):  # as in CHGNet, a batch without angles updates no bond
+                bonds = updates[0](atom_feas=atoms, bond_feas=bonds, bond_weights=weights_bg, angle_feas=angles,
+                                   bond_graph=batch["bond_graph"])
+                if len(updates) == 2:
+                    angles = updates[1](atom_feas=atoms, bond_feas=bonds, angle_feas=angles,
+                                        bond_graph=batch["bond_graph"])
+        atoms = c.readout_norm(atoms)
+        site_energy = c.mlp(atoms) + c.composition_model.fc.weight[0, batch["z"] - 1].unsqueeze(-1)
+        return torch.cat([third, atoms, site_energy], -1)
+
     def forward(self, batch: dict) -> Tokens:
-        h = self.adapter(batch["features"]) + self.embed(batch["z"])
+        features = batch["features"] if self.chgnet is None else self._run_chgnet(batch)
+        h = self.adapter(features) + self.embed(batch["z"])
         return pad_tokens(h, batch["row"], batch["pos"], batch["size"])
