@@ -18,9 +18,14 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def _row(r: dict, label: str, runs: list[dict], refs: str) -> str:
+    runs = sorted(runs, key=lambda run: run["seed"])
     summary = summarise(runs, (r["metric"],))
     scored = summary["test"][r["metric"]]
     per_run = ", ".join(f"{run['test'][r['metric']]:.3f}" for run in runs)
+    kind = "fold" if "folds" in r else "seed"
+    seeds = [run["seed"] for run in runs]
+    if f"{kind}s" in r and seeds != sorted(r[f"{kind}s"]):  # a part of the record's: say which
+        per_run += f" ({kind}{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))})"
     return (f"| `{r['task']}` | {label} | {r['metric'].upper()} ({r['split']}) | "
             f"**{scored['mean']:.3f} ± {scored['std']:.3f}** | {per_run} | {_trust(summary.get('calibration'))} | {refs} |")
 

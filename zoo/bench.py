@@ -341,14 +341,13 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
             for seed in seeds:
                 seed_spec = registry.task(task, {**base, **variant_overrides, "train.seed": seed})
                 out = work / f"{variant}-{seed}"
-                start = time.perf_counter()
                 resume = (out / CHECKPOINT).is_file() or any(out.glob(f"member-*/{CHECKPOINT}"))
                 model, m = Trainer(seed_spec, out=out, progress=not quick).fit(rows, data_sha256=data_sha,
                                                                                 resume=resume, **test)
                 if "test" not in m:
                     raise ZooError(f"task {task!r}: the {spec.data.describe_split()} split leaves no test rows to "
                                    "score a benchmark on")
-                wall = time.perf_counter() - start
+                wall = m["wall_s"]  # the trainer's: it adds the sessions before a resume
                 weights_mb = (out / "model.safetensors").stat().st_size / 1e6
                 history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
                 runs.append({"variant": variant, "seed": seed, "val": m["val"], "test": m["test"],
