@@ -109,7 +109,7 @@ class Features(Protocol):
     ``train.bucket`` groups rows of similar size. Rows all of one size (an image, a spectrum on its grid) are never
     cut by the budget, so an input of a fixed shape may say 1.
 
-    Optional: ``elements()``, the atomic numbers a row holds (molecules, crystals, compositions), by which a trust
+    Optional: ``elements()``, the atomic number of each atom a row holds (molecules, crystals, compositions), by which a trust
     summary (``zoo.trust``) flags rows with an element no training row had."""
 
     @property

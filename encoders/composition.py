@@ -67,7 +67,7 @@ class CompositionFeatures:
         return len(self.z)
 
     def elements(self) -> np.ndarray:
-        return np.unique(self.z)
+        return self.z
 
 
 def parse_composition(raw):

@@ -208,7 +208,7 @@ class CrystalGraph:
         return len(self.z)
 
     def elements(self) -> np.ndarray:
-        return np.unique(self.z)
+        return self.z
 
 
 def neighbor_graph(structure, cutoff: float, max_neighbors: int) -> CrystalGraph:
@@ -316,7 +316,7 @@ class AtomFeatures:
         return len(self.z)
 
     def elements(self) -> np.ndarray:
-        return np.unique(self.z)
+        return self.z
 
 
 def _no_geometry() -> list[np.ndarray]:

@@ -147,8 +147,8 @@ class Trust:
 
 def row_elements(features: dict) -> frozenset[int] | None:
     """The atomic numbers of a row's inputs whose features know theirs (``Features.elements``), or None."""
-    found = [f.elements() for f in features.values() if f is not None and hasattr(f, "elements")]
-    return frozenset(np.concatenate(found).astype(int).tolist()) if found else None
+    found = [f.elements().tolist() for f in features.values() if f is not None and hasattr(f, "elements")]
+    return frozenset().union(*found) if found else None
 
 
 def _symbol(z: int) -> str:
