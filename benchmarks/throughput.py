@@ -7,7 +7,8 @@ Molecules (default 200,000 rows): ``zoo predict molecule-solubility`` (the bundl
 a generated table with one bad row in 50, at each ``--workers`` count, each beside bare ``Chem.MolFromSmiles``
 over the same SMILES in as many processes as featurize (one for ``--workers 0``): rows/s, the ratio to bare
 parsing, the speed-up over the first worker count, peak RSS of the main process and peak PSS of all, and whether
-the output is byte for byte the first count's. ``--featurizer``: molecules/s of our featurizer against bare
+the output is byte for byte the first count's; and the model's side alone, over rows featurized beforehand (the
+ceiling of prediction on this machine were featurization free). ``--featurizer``: molecules/s of our featurizer against bare
 parsing and chemprop's (``benchmarks/featurizer.py``). ``--startup``: a 5-row prediction's wall time beside
 ``import torch``'s. Training (``--train``): samples/s of one epoch per task family on generated rows
 (molecules; words for the text tagger), on this machine's CPU threads; on a GPU machine also the bf16 speed-up.
@@ -128,6 +129,21 @@ def worker_processes(workers: str) -> int:
     return max(1, resolve_workers(workers))
 
 
+def model_side_rate(smiles: list[str], device: str = "cpu") -> float:
+    """Rows/s of the model's side of prediction alone (forward, decoding, trust columns) over rows featurized
+    and collated beforehand, on all of this process's threads: what prediction would reach if featurization cost
+    nothing."""
+    import zoo
+    from zoo.model import RowChunks
+
+    model = zoo.load("molecule-solubility", device=device)
+    prepared = list(model.prepared(RowChunks([{"smiles": s} for s in smiles])))
+    start = time.perf_counter()
+    for chunk in prepared:
+        model.describe(chunk)
+    return len(smiles) / (time.perf_counter() - start)
+
+
 def molecule_section(n: int, workers: list[str], device: str = "cpu") -> dict:
     """``zoo predict`` over an n-row table at each worker count, against bare parsing of the same SMILES in as
     many processes as featurize (1 for --workers 0), each pair measured back to back; outputs compared with
@@ -148,6 +164,8 @@ def molecule_section(n: int, workers: list[str], device: str = "cpu") -> dict:
                   f"{r['predict_over_bare_parse']:.2f} of bare parsing in as many ({r['bare_parse_per_s']:,.0f}/s); "
                   f"peak RSS {r['peak_rss_mb']:,.0f} MB, all processes {r['peak_pss_all_processes_mb']} MB PSS; "
                   f"same output as --workers {workers[0]}: {r['same_output_as_workers_0']}", flush=True)
+    report["model_side_rows_per_s"] = round(model_side_rate(smiles[:20_000], device), 1)
+    print(f"the model's side alone (rows featurized beforehand): {report['model_side_rows_per_s']:,.0f} rows/s")
     base = report["runs"][0]["rows_per_s"]
     report["speedup_over_first"] = {r["workers"]: round(r["rows_per_s"] / base, 2) for r in report["runs"]}
     return report
@@ -320,12 +338,13 @@ def crystal_section(n: int, rounds: int) -> dict:
     return report
 
 
-def train_rate(task: str, rows: list[dict], overrides: dict, bf16: bool = False) -> float:
+def train_rate(task: str, rows: list[dict], overrides: dict, bf16: bool = False, workers: int = 0) -> float:
+    """Samples/s of one training epoch from the rows (featurizing them included), with ``workers`` processes."""
     import zoo
 
     spec = zoo.info(task, overrides={**overrides, "train.epochs": 1, "train.bf16": bf16})
     start = time.perf_counter()
-    _, metrics = zoo.Trainer(spec, progress=False).fit(rows)
+    _, metrics = zoo.Trainer(spec, progress=False, workers=workers).fit(rows)
     return metrics["n_train"] / (time.perf_counter() - start)
 
 
@@ -368,6 +387,8 @@ def main() -> int:
                  for _ in range(256)]
         report["train_samples_per_s"] = {
             "molecule-solubility (D-MPNN)": round(train_rate("molecule-solubility", molecules, {}), 1),
+            "molecule-solubility (D-MPNN), --workers 2": round(train_rate("molecule-solubility", molecules, {},
+                                                                          workers=2), 1),
             "bio-ner (MiniLM, LoRA)": round(train_rate("bio-ner", words, {}), 1),
         }
         if torch.cuda.is_available():
