@@ -26,9 +26,27 @@ MAX_Z = 103  # up to lawrencium; pymatgen's tables are sparse beyond
 MAX_FORMULA_CHARS = 1000  # longer text is no formula, and pymatgen's parser slows down on it
 
 
+_SHELLS = {"s": 2, "p": 6, "d": 10, "f": 14}
+
+
+def _valence(element) -> list[float]:
+    """Magpie's valence counts: electrons in the s, p, d and f orbitals outside the noble-gas core, their sum,
+    the empty places in each partly filled orbital, and their sum (from pymatgen's ``electronic_structure``,
+    e.g. ``[Ar].3d10.4s2.4p1``)."""
+    held = dict.fromkeys(_SHELLS, 0)
+    for orbital in element.electronic_structure.split("."):
+        if not orbital.startswith("["):
+            letter, count = orbital.lstrip("0123456789")[0], orbital.lstrip("0123456789")[1:]
+            held[letter] += int(count)
+    empty = [(_SHELLS[k] - n) if n else 0 for k, n in held.items()]
+    return [*held.values(), sum(held.values()), *empty, sum(empty)]
+
+
 @functools.cache
-def element_table() -> np.ndarray:
-    """[MAX_Z + 1, n_properties] standardised element properties; row 0 is unused, missing values are 0."""
+def element_table(magpie: bool = False) -> np.ndarray:
+    """[MAX_Z + 1, n_properties] standardised element properties; row 0 is unused, missing values are 0. With
+    ``magpie`` also the valence-electron counts and the melting point and molar volume that Magpie's
+    composition features are made of (Ward et al. 2016)."""
     from pymatgen.core import Element
 
     def props(z: int) -> list[float]:
@@ -38,6 +56,8 @@ def element_table() -> np.ndarray:
             values = [z, e.group, e.row, e.X, e.atomic_radius, float(e.atomic_mass), e.mendeleev_no,
                       e.ionization_energy, e.electron_affinity, float(e.is_metal),
                       *(float(e.block == b) for b in "spdf")]
+            if magpie:
+                values += [*_valence(e), e.melting_point, e.molar_volume]
         return [float(v) if v is not None and math.isfinite(float(v)) else math.nan for v in values]
 
     table = np.array([props(z) for z in range(1, MAX_Z + 1)], dtype=np.float64)
@@ -107,10 +127,10 @@ class CompositionEncoder(nn.Module):
     out_dim: int  # the width of its tokens (the Encoder contract)
 
     def __init__(self, *, dim: PositiveInt = 128, layers: PositiveInt = 2, heads: PositiveInt = 4, dropout: Fraction = 0.0,
-                 chgnet_elements: str | None = None):
+                 chgnet_elements: str | None = None, magpie: bool = False):
         super().__init__()
         self.out_dim = dim
-        table = element_table()
+        table = element_table(magpie)
         if chgnet_elements:  # the CHGNet version; rebuilt from the wheel at load, so not saved with the weights
             table = np.hstack([table, chgnet_element_table(chgnet_elements)])
         self.register_buffer("properties", torch.from_numpy(table), persistent=False)

@@ -77,6 +77,27 @@ def test_composition_tokens_are_fractional_and_order_free():
     torch.testing.assert_close(tokens.x[0], tokens.x[2])
 
 
+@pytest.mark.parametrize("symbol, counts", [
+    # s, p, d, f held outside the noble-gas core, their sum; empty places in each partly filled orbital, their sum
+    ("O", [2, 4, 0, 0, 6, 0, 2, 0, 0, 2]),
+    ("Fe", [2, 0, 6, 0, 8, 0, 0, 4, 0, 4]),
+    ("Ga", [2, 1, 10, 0, 13, 0, 5, 0, 0, 5]),
+    ("Ce", [2, 0, 1, 1, 4, 0, 0, 9, 13, 22]),
+])
+def test_magpie_valence_counts_read_pymatgens_electronic_structure(symbol, counts):
+    from pymatgen.core import Element
+
+    from encoders.composition import _valence
+
+    assert _valence(Element(symbol)) == counts
+
+
+def test_magpie_adds_twelve_element_properties():
+    plain, magpie = CompositionEncoder(dim=16, layers=1), CompositionEncoder(dim=16, layers=1, magpie=True)
+    assert magpie.properties.shape[1] == plain.properties.shape[1] + 12
+    assert torch.isfinite(magpie.properties).all() and not magpie.properties[0].any()
+
+
 def test_chgnet_elements_add_chgnets_learned_element_embedding_to_the_properties():
     from encoders.crystal import chgnet_backbone
 
