@@ -29,15 +29,15 @@ MAX_FORMULA_CHARS = 1000  # longer text is no formula, and pymatgen's parser slo
 _SHELLS = {"s": 2, "p": 6, "d": 10, "f": 14}
 
 
-def _valence(element) -> list[float]:
+def _valence(element) -> list[int]:
     """Magpie's valence counts: electrons in the s, p, d and f orbitals outside the noble-gas core, their sum,
     the empty places in each partly filled orbital, and their sum (from pymatgen's ``electronic_structure``,
     e.g. ``[Ar].3d10.4s2.4p1``)."""
     held = dict.fromkeys(_SHELLS, 0)
     for orbital in element.electronic_structure.split("."):
-        if not orbital.startswith("["):
-            letter, count = orbital.lstrip("0123456789")[0], orbital.lstrip("0123456789")[1:]
-            held[letter] += int(count)
+        if not orbital.startswith("["):  # the core, e.g. [Ar]
+            label = orbital.lstrip("0123456789")  # 3d10 -> d10
+            held[label[0]] += int(label[1:])
     empty = [(_SHELLS[k] - n) if n else 0 for k, n in held.items()]
     return [*held.values(), sum(held.values()), *empty, sum(empty)]
 
