@@ -275,8 +275,10 @@ def test_a_matbench_bench_writes_a_submission_file_that_grows_a_fold_at_a_time(t
     import gzip
 
     table = tmp_path / "gaps.csv"
-    formulas = ["NaCl", "KCl", "MgO", "CaO", "GaAs", "Si", "ZnO", "TiO2", "Al2O3", "SiO2", "GaN", "InP", "CdS", "ZnS"]
-    table.write_text("composition,gap expt\n" + "".join(f"{f},{1 + i / 7:.3f}\n" for i, f in enumerate(formulas * 3)))
+    formulas = ["NaCl", "KCl", "MgO", "CaO", "GaAs", "Si", "ZnO", "TiO2", "Al2O3", "SiO2", "GaN", "InP", "CdS", "ZnS"] * 3
+    split = [matbench_split(list(range(42)), (0.75, 0.05, 0.2), fold)[2] for fold in (0, 1)]
+    formulas[split[0][0]] = "G1128Ga1As0.1P0.9"  # expt_gap's corrupt formula, in fold 0's test rows
+    table.write_text("composition,gap expt\n" + "".join(f"{f},{1 + i / 7:.3f}\n" for i, f in enumerate(formulas)))
     small = ["--set=train.epochs=1", "--set=fusion.dim=16", "--set=head.hidden=16"]
     for fold in ("0", "1"):
         assert main(["bench", "materials-bandgap", "--data", str(table), "--folds", fold, "--merge", "--results",
@@ -284,7 +286,8 @@ def test_a_matbench_bench_writes_a_submission_file_that_grows_a_fold_at_a_time(t
     record = json.loads(gzip.decompress((tmp_path / "materials-bandgap-matbench.json.gz").read_bytes()))
     results = record["tasks"]["matbench_expt_gap"]["results"]
     assert sorted(results) == ["fold_0", "fold_1"]  # the second call kept the first call's fold
-    split = [matbench_split(list(range(42)), (0.75, 0.05, 0.2), fold)[2] for fold in (0, 1)]
+    # the row the model could not read still has a value (the fold's training mean), and the metadata says why
+    assert list(record["user_metadata"]["filled"]) == [f"mb-expt-gap-{split[0][0] + 1:04d}"]
     for fold, test in enumerate(split):
         data = results[f"fold_{fold}"]["data"]
         assert sorted(data) == sorted(f"mb-expt-gap-{i + 1:04d}" for i in test)

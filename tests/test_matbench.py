@@ -11,7 +11,7 @@ import pytest
 
 from encoders import ZooError
 from tasks.splits import matbench_split
-from zoo.matbench import mbid, submission, write_submission
+from zoo.matbench import fill_unread, mbid, submission, write_submission
 
 TRUTH = {0: [1.0, 2.0, 0.0], 1: [3.0, -1.0]}
 FOLDS = {0: ([0, 1, 2], [1.5, 1.0, 0.25]), 1: ([3, 4], [3.0, 1.0])}
@@ -96,3 +96,20 @@ def test_refused_in_one_line(task, folds, truth, says):
     with pytest.raises(ZooError, match=says) as err:
         submission(task, folds, truth=truth)
     assert "\n" not in str(err.value)
+
+
+def test_a_row_the_model_cannot_read_gets_the_dummy_and_a_note():
+    """Matbench takes a fold only whole: expt_gap's corrupt formula still needs a value. It gets the fold's training
+    mean, and the metadata says so; the rows the model did predict keep their values."""
+    targets = [float(i % 7) for i in range(4604)]
+    train, _, test = matbench_split(list(range(4604)), (0.8, 0.0, 0.2), 3)
+    read = [int(r) for r in test if r != test[5]]  # the model skipped one test row
+    folds, filled = fill_unread("matbench_expt_gap", {3: (read, [0.5] * len(read))}, targets)
+    rows, predictions = folds[3]
+    assert sorted(rows) == sorted(test.tolist())
+    dummy = np.mean([targets[i] for i in train])
+    assert dict(zip(rows, predictions)) == {**{r: 0.5 for r in read}, int(test[5]): pytest.approx(dummy)}
+    assert list(filled) == [mbid("matbench_expt_gap", int(test[5]))]
+    assert "cannot read" in filled[mbid("matbench_expt_gap", int(test[5]))]
+    # a whole fold is left as it is
+    assert fill_unread("matbench_expt_gap", {3: (test.tolist(), [0.5] * len(test))}, targets)[1] == {}

@@ -39,7 +39,7 @@ from tasks.ner import entity_scores
 from zoo.artifacts import BUNDLED, sha256_file, versions
 from zoo.checkpoint import NAME as CHECKPOINT
 from zoo.data import data_file
-from zoo.matbench import submission, write_submission
+from zoo.matbench import fill_unread, submission, write_submission
 from zoo.model import ZooModel
 from zoo.registry import Registry, TaskSpec
 from zoo.tables import read_dataset
@@ -388,21 +388,29 @@ def bench_task(registry: Registry, task: str, *, seeds: list[int] | None = None,
 def _matbench_file(spec: TaskSpec, runs: list[dict], rows: list[dict], results: Path) -> None:
     """``<task>-matbench.json.gz``, Matbench's submission file (``zoo.matbench``) of the task's own variant: this
     call's folds, and the other folds of the file an earlier call wrote, so folds run one per session make one
-    file. Each fold is scored against the data's own targets."""
+    file. Each fold is scored against the data's own targets, over all its test rows: those the model cannot
+    read hold Matbench's Dummy prediction, and the file's metadata names them (``fill_unread``)."""
     own = next(iter(spec.bench.variants))
     folds = {r["seed"]: (r["test_rows"], np.ravel(r["test_pred"]).tolist()) for r in runs
              if r["variant"] == own and "test_rows" in r}
     if not folds:
         return
     path, task = results / f"{spec.name}-matbench.json.gz", spec.data.dataset
-    if path.is_file():
-        for name, fold in json.loads(gzip.decompress(path.read_bytes()))["tasks"][task]["results"].items():
-            rows_ids = [int(i.rsplit("-", 1)[1]) - 1 for i in fold["data"]]  # matbench ids are 1-based positions
-            folds.setdefault(int(name.removeprefix("fold_")), (rows_ids, list(fold["data"].values())))
     column = next(iter(spec.head.targets.values()))
-    truth = {k: [float(rows[i][column]) for i in index] for k, (index, _) in folds.items()}
-    write_submission(path, submission(task, folds, truth, metadata={"model": f"SciZoo {spec.name} ({own})",
-                                                                     "git_commit": git_commit()}))
+    targets = [float(row[column]) for row in rows]
+    folds, filled = fill_unread(task, folds, targets)
+    if path.is_file():  # the folds this call did not run, with the notes on the rows filled in them
+        earlier = json.loads(gzip.decompress(path.read_bytes()))
+        for name, fold in earlier["tasks"][task]["results"].items():
+            if (k := int(name.removeprefix("fold_"))) not in folds:
+                rows_ids = [int(i.rsplit("-", 1)[1]) - 1 for i in fold["data"]]  # matbench ids are 1-based positions
+                folds[k] = (rows_ids, list(fold["data"].values()))
+                filled |= {i: note for i, note in earlier["user_metadata"].get("filled", {}).items()
+                           if i in fold["data"]}
+    truth = {k: [targets[i] for i in index] for k, (index, _) in folds.items()}
+    metadata = {"model": f"SciZoo {spec.name} ({own})", "git_commit": git_commit(),
+                **({"filled": filled} if filled else {})}
+    write_submission(path, submission(task, folds, truth, metadata=metadata))
     print(f"wrote {path} (Matbench submission, folds {', '.join(map(str, sorted(folds)))})")
 
 
