@@ -5,7 +5,9 @@ Each element token is a learned embedding of the element plus a projection of it
 borrow strength from chemically similar ones, plus an encoding of its fraction. Self-attention lets the
 elements of a compound see each other, as in Roost and CrabNet. With ``chgnet_elements`` the properties also
 hold CHGNet's learned element embedding (trained on 1.5M Materials Project DFT calculations, read from the
-installed wheel): a pretrained element representation, as CrabNet takes mat2vec's.
+installed wheel): a pretrained element representation, as CrabNet takes mat2vec's. With ``oxidation`` each token
+also holds the compound's charge balance (``charge_balance``): whether common oxidation states can make it
+neutral, and the element's state if so.
 """
 from __future__ import annotations
 
@@ -77,10 +79,37 @@ def chgnet_element_table(version: str) -> np.ndarray:
     return table
 
 
+@functools.cache
+def _common_oxidation_states(z: int) -> tuple[int, ...]:
+    from pymatgen.core import Element
+
+    return Element.from_Z(z).common_oxidation_states or (0,)  # noble gases have none
+
+
+MAX_ASSIGNMENTS = 4096  # oxidation-state combinations tried per compound; more count as not charge-balanced
+
+
+def charge_balance(z: np.ndarray, fraction: np.ndarray) -> np.ndarray:
+    """[n_elements, 2]: each element's mean oxidation state over the ways of giving every element one of its common
+    oxidation states (pymatgen's) so that the compound is neutral, and 1 where there is such a way (the same for
+    every element of the compound); zeros when there is none. An ionic compound can balance, an intermetallic
+    mostly cannot: the chemist's first guess at metal or insulator, as matminer's ``IonProperty`` gives it.
+    Fractional formulas (``Al0.01Cd0.99Sb0.01Te0.99``) balance as they are, where pymatgen's guesser wants integers."""
+    states = [_common_oxidation_states(int(k)) for k in z]
+    if math.prod(map(len, states)) > MAX_ASSIGNMENTS:
+        return np.zeros((len(z), 2), np.float32)
+    grid = np.array(np.meshgrid(*states, indexing="ij")).reshape(len(z), -1).T  # [assignments, n_elements]
+    neutral = grid[np.abs(grid @ fraction.astype(np.float64)) < 1e-3]
+    if not len(neutral):
+        return np.zeros((len(z), 2), np.float32)
+    return np.stack([neutral.mean(0), np.ones(len(z))], 1).astype(np.float32)
+
+
 @dataclass
 class CompositionFeatures:
     z: np.ndarray          # [n_elements] atomic numbers
     fraction: np.ndarray   # [n_elements] atomic fractions, summing to 1
+    oxidation: np.ndarray  # [n_elements, 2] charge_balance (``oxidation: true``), else [n_elements, 0]
 
     @property
     def size(self) -> int:  # one token per element
@@ -127,9 +156,9 @@ class CompositionEncoder(nn.Module):
     out_dim: int  # the width of its tokens (the Encoder contract)
 
     def __init__(self, *, dim: PositiveInt = 128, layers: PositiveInt = 2, heads: PositiveInt = 4, dropout: Fraction = 0.0,
-                 chgnet_elements: str | None = None, magpie: bool = False):
+                 chgnet_elements: str | None = None, magpie: bool = False, oxidation: bool = False):
         super().__init__()
-        self.out_dim = dim
+        self.out_dim, self.oxidation = dim, oxidation
         table = element_table(magpie)
         if chgnet_elements:  # the CHGNet version; rebuilt from the wheel at load, so not saved with the weights
             table = np.hstack([table, chgnet_element_table(chgnet_elements)])
@@ -137,14 +166,16 @@ class CompositionEncoder(nn.Module):
         self.element = nn.Embedding(MAX_Z + 1, dim)
         self.describe = nn.Linear(self.properties.shape[1], dim)
         self.amount = nn.Sequential(nn.Linear(2, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.charge = nn.Linear(2, dim) if oxidation else None
         layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout, batch_first=True, norm_first=True)
         self.mix = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
-    @staticmethod
-    def featurize(raw) -> CompositionFeatures:
+    def featurize(self, raw) -> CompositionFeatures:
         comp = parse_composition(raw).fractional_composition
         items = sorted((el.Z, amount) for el, amount in comp.items())
-        return CompositionFeatures(np.array([z for z, _ in items]), np.array([a for _, a in items], np.float32))
+        z, fraction = np.array([z for z, _ in items]), np.array([a for _, a in items], np.float32)
+        oxidation = charge_balance(z, fraction) if self.oxidation else np.zeros((len(z), 0), np.float32)
+        return CompositionFeatures(z, fraction, oxidation)
 
     @staticmethod
     def collate(items: list[CompositionFeatures | None]) -> dict:
@@ -152,6 +183,7 @@ class CompositionEncoder(nn.Module):
         return {
             "z": concat([c.z for _, c in present], np.int64),
             "fraction": concat([c.fraction for _, c in present], np.float32),
+            "oxidation": concat([c.oxidation for _, c in present], np.float32, width=0),
             **token_index([i for i, _ in present], [len(c.z) for _, c in present], len(items)),
         }
 
@@ -159,6 +191,8 @@ class CompositionEncoder(nn.Module):
         z, frac = batch["z"], batch["fraction"].unsqueeze(-1)
         amount = self.amount(torch.cat([frac, torch.log(frac.clamp(min=1e-6))], -1))
         h = self.element(z) + self.describe(self.properties[z]) + amount
+        if self.charge is not None and len(z):  # an empty batch's oxidation has no columns (collate is shared)
+            h = h + self.charge(batch["oxidation"])
         tokens = pad_tokens(h, batch["row"], batch["pos"], batch["size"])
         # Rows without a composition have no token: give attention one dummy key so it stays finite.
         first = torch.arange(tokens.mask.shape[1], device=z.device) == 0

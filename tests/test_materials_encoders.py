@@ -64,12 +64,12 @@ def test_cgcnn_tokens_masks_and_cell_choice_invariance():
 ])
 def test_bad_formulas_are_input_errors(raw, why):
     with pytest.raises(InputError, match=why):
-        CompositionEncoder.featurize(raw)
+        CompositionEncoder(dim=16, layers=1).featurize(raw)
 
 
 def test_composition_tokens_are_fractional_and_order_free():
     encoder = CompositionEncoder(dim=16, layers=1).eval()
-    a, b = CompositionEncoder.featurize("Fe2O3"), CompositionEncoder.featurize("O6Fe4")
+    a, b = CompositionEncoder(dim=16, layers=1).featurize("Fe2O3"), CompositionEncoder(dim=16, layers=1).featurize("O6Fe4")
     assert a.z.tolist() == [8, 26] and np.allclose(a.fraction, [0.6, 0.4])
     tokens = encoder(encoder.collate([a, None, b]))
     assert tokens.mask.sum(1).tolist() == [2, 0, 2]
@@ -98,6 +98,37 @@ def test_magpie_adds_twelve_element_properties():
     assert torch.isfinite(magpie.properties).all() and not magpie.properties[0].any()
 
 
+@pytest.mark.parametrize("formula, states", [
+    ("NaCl", {"Na": 1, "Cl": -1}),
+    ("Fe2O3", {"O": -2, "Fe": 3}),
+    ("GaAs", {"Ga": 3, "As": -3}),
+    ("Al0.01Cd0.99Sb0.01Te0.99", {"Al": 3, "Cd": 2, "Sb": -3, "Te": -2}),  # fractional, as expt_gap writes alloys
+    ("Cu3Au", None),  # an intermetallic: no common states make it neutral
+    ("Fe3O4", None),  # mixed valence (Fe2+ and Fe3+) needs two states of one element: not counted as balanced
+])
+def test_oxidation_gives_each_element_its_state_when_the_compound_can_be_neutral(formula, states):
+    from pymatgen.core import Element
+
+    features = CompositionEncoder(dim=16, layers=1, oxidation=True).featurize(formula)
+    got = {Element.from_Z(int(z)).symbol: tuple(row) for z, row in zip(features.z, features.oxidation)}
+    want = {s: (0.0, 0.0) for s in got} if states is None else {s: (float(v), 1.0) for s, v in states.items()}
+    assert got == want
+
+
+def test_oxidation_is_off_by_default_and_its_tokens_change_the_output_when_on():
+    plain = CompositionEncoder(dim=16, layers=1)
+    assert plain.featurize("NaCl").oxidation.shape == (2, 0) and plain.charge is None
+    torch.manual_seed(0)
+    encoder = CompositionEncoder(dim=16, layers=1, oxidation=True).eval()
+    # NaCl and NaCl's formula with the charge balance taken away differ only in it
+    features = [encoder.featurize("NaCl"), None, encoder.featurize("NaCl")]
+    features[2].oxidation = np.zeros_like(features[2].oxidation)
+    tokens = encoder(encoder.collate(features))
+    assert tokens.mask.tolist() == [[True, True], [False, False], [True, True]]
+    assert not torch.allclose(tokens.x[0], tokens.x[2])
+    assert encoder(encoder.collate([None])).x.shape == (1, 1, 16)  # a batch without compositions still runs
+
+
 def test_chgnet_elements_add_chgnets_learned_element_embedding_to_the_properties():
     from encoders.crystal import chgnet_backbone
 
@@ -113,9 +144,9 @@ def test_chgnet_elements_add_chgnets_learned_element_embedding_to_the_properties
 
 def test_composition_of_a_structure_equals_its_formula():
     cif = str(ROOT / "examples" / "crystals" / "SrTiO3.cif")
-    from_cif = CompositionEncoder.featurize(cif)
-    from_dict = CompositionEncoder.featurize(parse_structure(cif).as_dict())
-    from_formula = CompositionEncoder.featurize("SrTiO3")
+    from_cif = CompositionEncoder(dim=16, layers=1).featurize(cif)
+    from_dict = CompositionEncoder(dim=16, layers=1).featurize(parse_structure(cif).as_dict())
+    from_formula = CompositionEncoder(dim=16, layers=1).featurize("SrTiO3")
     for got in (from_cif, from_dict):
         assert got.z.tolist() == from_formula.z.tolist() and np.allclose(got.fraction, from_formula.fraction)
 
