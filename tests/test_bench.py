@@ -275,7 +275,8 @@ def test_a_matbench_bench_writes_a_submission_file_that_grows_a_fold_at_a_time(t
     import gzip
 
     table = tmp_path / "gaps.csv"
-    formulas = ["NaCl", "KCl", "MgO", "CaO", "GaAs", "Si", "ZnO", "TiO2", "Al2O3", "SiO2", "GaN", "InP", "CdS", "ZnS"] * 3
+    formulas = 3 * ["NaCl", "KCl", "MgO", "CaO", "GaAs", "Si", "ZnO", "TiO2", "Al2O3", "SiO2", "GaN", "InP", "CdS",
+                    "ZnS"]
     split = [matbench_split(list(range(42)), (0.75, 0.05, 0.2), fold)[2] for fold in (0, 1)]
     formulas[split[0][0]] = "G1128Ga1As0.1P0.9"  # expt_gap's corrupt formula, in fold 0's test rows
     table.write_text("composition,gap expt\n" + "".join(f"{f},{1 + i / 7:.3f}\n" for i, f in enumerate(formulas)))

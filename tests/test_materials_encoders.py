@@ -69,7 +69,7 @@ def test_bad_formulas_are_input_errors(raw, why):
 
 def test_composition_tokens_are_fractional_and_order_free():
     encoder = CompositionEncoder(dim=16, layers=1).eval()
-    a, b = CompositionEncoder(dim=16, layers=1).featurize("Fe2O3"), CompositionEncoder(dim=16, layers=1).featurize("O6Fe4")
+    a, b = encoder.featurize("Fe2O3"), encoder.featurize("O6Fe4")
     assert a.z.tolist() == [8, 26] and np.allclose(a.fraction, [0.6, 0.4])
     tokens = encoder(encoder.collate([a, None, b]))
     assert tokens.mask.sum(1).tolist() == [2, 0, 2]
@@ -144,9 +144,9 @@ def test_chgnet_elements_add_chgnets_learned_element_embedding_to_the_properties
 
 def test_composition_of_a_structure_equals_its_formula():
     cif = str(ROOT / "examples" / "crystals" / "SrTiO3.cif")
-    from_cif = CompositionEncoder(dim=16, layers=1).featurize(cif)
-    from_dict = CompositionEncoder(dim=16, layers=1).featurize(parse_structure(cif).as_dict())
-    from_formula = CompositionEncoder(dim=16, layers=1).featurize("SrTiO3")
+    encoder = CompositionEncoder(dim=16, layers=1)
+    from_cif, from_formula = encoder.featurize(cif), encoder.featurize("SrTiO3")
+    from_dict = encoder.featurize(parse_structure(cif).as_dict())
     for got in (from_cif, from_dict):
         assert got.z.tolist() == from_formula.z.tolist() and np.allclose(got.fraction, from_formula.fraction)
 
