@@ -183,7 +183,7 @@ class CompositionEncoder(nn.Module):
         return {
             "z": concat([c.z for _, c in present], np.int64),
             "fraction": concat([c.fraction for _, c in present], np.float32),
-            "oxidation": concat([c.oxidation for _, c in present], np.float32, width=0),
+            "oxidation": concat([c.oxidation for _, c in present], np.float32, width=2),  # unused when off
             **token_index([i for i, _ in present], [len(c.z) for _, c in present], len(items)),
         }
 
@@ -191,7 +191,7 @@ class CompositionEncoder(nn.Module):
         z, frac = batch["z"], batch["fraction"].unsqueeze(-1)
         amount = self.amount(torch.cat([frac, torch.log(frac.clamp(min=1e-6))], -1))
         h = self.element(z) + self.describe(self.properties[z]) + amount
-        if self.charge is not None and len(z):  # an empty batch's oxidation has no columns (collate is shared)
+        if self.charge is not None:
             h = h + self.charge(batch["oxidation"])
         tokens = pad_tokens(h, batch["row"], batch["pos"], batch["size"])
         # Rows without a composition have no token: give attention one dummy key so it stays finite.

@@ -50,13 +50,18 @@ def scaffold_split(smiles: list[str], fractions: tuple[float, float, float], see
     return np.array(train, dtype=int), np.array(val, dtype=int), np.array(test, dtype=int)
 
 
-def matbench_split(keys: list, fractions: tuple[float, float, float], seed: int) -> tuple[np.ndarray, ...]:
-    """Matbench's 5-fold CV: ``seed`` picks the test fold of ``KFold(5, shuffle=True, random_state=18012019)``;
-    a random ``fractions[1]`` share of the rest (seeded by the fold) is held out for validation."""
+def matbench_folds(n_rows: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Matbench's 5-fold CV over ``n_rows`` rows: (training, test) positions of each fold, as matbench cuts them
+    with ``KFold(5, shuffle=True, random_state=18012019)``."""
     from sklearn.model_selection import KFold
 
-    folds = list(KFold(n_splits=5, shuffle=True, random_state=18012019).split(np.arange(len(keys))))
-    rest, test = folds[seed]
+    return list(KFold(n_splits=5, shuffle=True, random_state=18012019).split(np.arange(n_rows)))
+
+
+def matbench_split(keys: list, fractions: tuple[float, float, float], seed: int) -> tuple[np.ndarray, ...]:
+    """Matbench's fold ``seed`` (``matbench_folds``) as the test set; a random ``fractions[1]`` share of the rest
+    (seeded by the fold) is held out for validation."""
+    rest, test = matbench_folds(len(keys))[seed]
     rest = np.random.default_rng(seed).permutation(rest)
     n_val = int(round(fractions[1] * len(keys)))
     return np.sort(rest[n_val:]), np.sort(rest[:n_val]), test

@@ -16,7 +16,7 @@ so matbench is no dependency::
 
 Matbench names row i (0-based, in its dataset file's order) ``mb-<task less "matbench_", "_" as "-">-<i + 1>``,
 zero-padded to the digits of the row count: ``mb-perovskites-00001``, ``mb-expt-gap-0001``. Its folds are
-``KFold(5, shuffle=True, random_state=18012019)`` over those positions, as ``tasks.splits.matbench_split`` makes
+``KFold(5, shuffle=True, random_state=18012019)`` over those positions, as ``tasks.splits.matbench_folds`` makes
 them: the ids of our fold-k test rows are exactly matbench_v0.1_validation.json's fold_k test ids.
 
 Caveat: our data files are DeepChem's copy of Matbench v0.1 (shared/data/matbench_perovskites/SOURCE.md), and that
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from encoders import ZooError
-from tasks.splits import matbench_split
+from tasks.splits import matbench_folds
 from zoo.artifacts import atomic_write
 
 BENCHMARK = "matbench_v0.1"
@@ -79,9 +79,9 @@ def fill_unread(task: str, folds: dict[int, tuple[list[int], list[float]]], targ
     row (expt_gap holds the corrupt formula ``G1128Ga1As0.1P0.9``). Each test row missing from ``folds`` gets
     Matbench's Dummy prediction, the mean of the fold's training ``targets`` (one per dataset row). Returns the
     completed folds and a note per filled row, by Matbench id, for the file's metadata."""
-    completed, filled = {}, {}
+    completed, filled, cuts = {}, {}, matbench_folds(len(targets))
     for fold, (rows, predictions) in folds.items():
-        train, _, test = matbench_split(list(range(len(targets))), (0.8, 0.0, 0.2), fold)
+        train, test = cuts[fold]
         missing = sorted(set(test.tolist()) - set(rows))
         dummy = float(np.mean([targets[i] for i in train]))
         completed[fold] = ([*rows, *missing], [*predictions, *[dummy] * len(missing)])
