@@ -180,8 +180,31 @@ def test_a_trained_mean_variance_model_scales_its_own_sigma(tmp_path):
     got = model.predict(rows, interval=0.9)
     batch = model.collate([f for f, _ in model.featurize_rows(rows)])
     with torch.no_grad():
-        raw, _, parts = model.run(batch)
-    own = model_spread(model.head, raw, parts)[:, 0]  # sigma is the head's std, scaled on the validation rows
-    expected = np.maximum(own, model.trust.t["floor"][0]) * model.trust.t["sigma_scale"][0]
+        raw, pooled, parts = model.run(batch)
+    own = model_spread(model.head, raw, parts)[:, 0]  # the head's std, or the distance, as the summary chose ...
+    chosen = own if model.trust.t["own_spread"][0] else model.trust.distance(pooled.numpy())
+    expected = np.maximum(chosen, model.trust.t["floor"][0]) * model.trust.t["sigma_scale"][0]  # ... scaled on val
     assert [r["logS_sigma"] for r in got] == pytest.approx(expected.tolist(), rel=1e-5)
     assert yaml.safe_load((out / "config.yaml").read_text())["model"]["head"]["uncertainty"] == "mve"
+
+
+def test_the_summary_keeps_the_model_spread_only_where_it_ranks_errors_better_than_the_distance():
+    from zoo.trust import ranks_better
+
+    rng = np.random.default_rng(0)
+    n = 500
+    distance = rng.uniform(0.5, 2, n)                  # rows far from training ...
+    errors = np.abs(distance * rng.normal(size=n))     # ... err more
+    informative = distance[:, None] * rng.uniform(0.9, 1.1, (n, 1))
+    noisy = np.abs(rng.normal(size=(n, 1)))           # e.g. the std of two members: unrelated to the error
+    assert ranks_better(errors[:, None], informative * 2, distance * rng.uniform(0.2, 5, n)).tolist() == [1.0]
+    assert ranks_better(errors[:, None], noisy, distance).tolist() == [0.0]
+    assert ranks_better(errors[:, None], None, distance).tolist() == [0.0]
+    both = np.stack([errors, np.where(np.arange(n) % 3, errors, np.nan)], 1)  # a target missing on some rows
+    assert ranks_better(both, np.concatenate([informative * 2, noisy], 1), distance * rng.uniform(0.2, 5, n)).tolist() == [1.0, 0.0]
+    trust = Trust({"center": np.zeros(2), "scale": np.ones(2), "reference": np.zeros((1, 2)), "threshold": np.ones(1),
+                   "floor": np.zeros(1), "own_spread": np.array([1.0, 0.0])}, "values", ["a", "b"])
+    own = np.full((2, 2), 7.0)
+    assert trust.spread(np.array([1.0, 2.0]), own).tolist() == [[7.0, 1.0], [7.0, 2.0]]
+    del trust.t["own_spread"]  # a summary saved before the choice: the model's own spread wherever it gives one
+    assert trust.spread(np.array([1.0, 2.0]), own).tolist() == [[7.0, 7.0], [7.0, 7.0]]

@@ -7,9 +7,10 @@ this existed, by ``zoo calibrate``), into ``trust.safetensors`` beside the weigh
 - the domain: up to ``REFERENCE_ROWS`` training rows' fused embeddings, standardised. A row's distance is its mean
   Euclidean distance to the ``K`` nearest of them; its ``domain_score`` is that over the 95th percentile of the
   validation rows' distances, so ``in_domain`` (score at most 1) holds for 95% of rows like the validation set's.
-- regression: a raw spread per row and target (``model_spread``: the ensemble members' std, a mean-variance
-  head's predicted std, both combined, or else the domain distance) and, for every validation row, its |error|
-  over that spread. Their root mean square scales the spread into a
+- regression: a raw spread per row and target (the model's own, ``model_spread``: the ensemble members' std, a
+  mean-variance head's predicted std, or both combined, where it ranks the validation rows' errors better than
+  the domain distance does; else that distance) and, for every validation row, its |error| over that spread.
+  Their root mean square scales the spread into a
   ``sigma`` in the target's units; their quantile gives split-conformal intervals at any coverage asked
   (normalised conformal regression: Papadopoulos et al. 2011, Lei et al. 2018), with the finite-sample
   correction, so on exchangeable rows an interval at 0.9 holds at least 90% of true values.
@@ -74,9 +75,12 @@ class Trust:
 
     def spread(self, distance: np.ndarray, own: np.ndarray | None) -> np.ndarray:
         """The raw spread [B, targets] a regression row's sigma and interval scale: the model's ``own``
-        (``model_spread``) where it gives one, else the row's domain ``distance``; never below ``floor`` (a small
-        share of the validation median)."""
-        raw = own if own is not None else np.repeat(distance[:, None], len(self.names), 1)
+        (``model_spread``) for the targets whose summary chose it (``own_spread``; a summary saved before that
+        choice existed used it wherever the model gave one), else the row's domain ``distance``; never below
+        ``floor`` (a small share of the validation median)."""
+        raw = np.repeat(distance[:, None], len(self.names), 1)
+        if own is not None:
+            raw = np.where(self.t.get("own_spread", np.ones(1)) > 0, own, raw)
         return np.maximum(raw, self.t["floor"])
 
     def max_coverage(self) -> float:
@@ -219,9 +223,11 @@ def fit_trust(model, features: list[dict], targets: np.ndarray, train_idx: np.nd
         trust.t["elements"] = np.array(sorted(set().union(*(h for h in held if h))), np.float32)
     y = targets[val_idx]
     if head.kind == "values":
-        raw = spread if spread is not None else np.repeat(distance[:, None], len(names), 1)
+        errors = np.abs(y - decoded)  # NaN where a row lacks the target
+        trust.t["own_spread"] = ranks_better(errors, spread, distance)
+        raw = trust.spread(distance, spread)  # the floor is still zero here
         trust.t["floor"] = 0.05 * np.median(raw, 0) + 1e-12
-        scores = np.abs(y - decoded) / trust.spread(distance, spread)  # NaN where a row lacks the target
+        scores = errors / trust.spread(distance, spread)
         trust.t["scores"] = scores
         trust.t["sigma_scale"] = np.sqrt(np.nanmean(scores ** 2, 0))
     elif head.kind == "classes":
@@ -230,6 +236,22 @@ def fit_trust(model, features: list[dict], targets: np.ndarray, train_idx: np.nd
         trust.t["scores"] = (1 - decoded[known, truth[known].astype(int)])[:, None]
     trust.t = {k: np.asarray(v, np.float32) for k, v in trust.t.items()}  # as saved: a reload predicts the same
     return trust
+
+
+def ranks_better(errors: np.ndarray, own: np.ndarray | None, distance: np.ndarray) -> np.ndarray:
+    """Per target, 1 where the model's own spread ranks the validation rows' |errors| [rows, targets] better
+    (Spearman rho) than their domain distance does, else 0. Two members' std, for one, is too noisy a spread to
+    be worth what it widens an interval by; a mean-variance head that learnt which rows are noisy is kept."""
+    from scipy.stats import spearmanr
+
+    if own is None:
+        return np.zeros(errors.shape[1], np.float32)
+    chosen = []
+    for j in range(errors.shape[1]):
+        known = ~np.isnan(errors[:, j])
+        rho_own, rho_distance = (spearmanr(errors[known, j], s[known]).statistic for s in (own[:, j], distance))
+        chosen.append(np.nan_to_num(rho_own, nan=-1.0) > np.nan_to_num(rho_distance, nan=-1.0))
+    return np.array(chosen, np.float32)
 
 
 def calibration(trust: Trust, decoded: np.ndarray, pooled: np.ndarray, spread: np.ndarray | None,
