@@ -180,28 +180,29 @@ def test_a_trained_mean_variance_model_scales_its_own_sigma(tmp_path):
     got = model.predict(rows, interval=0.9)
     batch = model.collate([f for f, _ in model.featurize_rows(rows)])
     with torch.no_grad():
-        raw, pooled, parts = model.run(batch)
-    own = model_spread(model.head, raw, parts)[:, 0]  # the head's std, or the distance, as the summary chose ...
-    chosen = own if model.trust.t["own_spread"][0] else model.trust.distance(pooled.numpy())
-    expected = np.maximum(chosen, model.trust.t["floor"][0]) * model.trust.t["sigma_scale"][0]  # ... scaled on val
+        raw, _, parts = model.run(batch)
+    own = model_spread(model.head, raw, parts)[:, 0]  # sigma is the head's std, scaled on the validation rows
+    expected = np.maximum(own, model.trust.t["floor"][0]) * model.trust.t["sigma_scale"][0]
     assert [r["logS_sigma"] for r in got] == pytest.approx(expected.tolist(), rel=1e-5)
     assert yaml.safe_load((out / "config.yaml").read_text())["model"]["head"]["uncertainty"] == "mve"
+    assert model.trust.t["own_spread"].tolist() == [1.0]  # asked for by the entry, so never traded for the distance
 
 
-def test_the_summary_keeps_the_model_spread_only_where_it_ranks_errors_better_than_the_distance():
-    from zoo.trust import ranks_better
+def test_the_summary_keeps_the_model_spread_only_where_it_fits_the_errors_better_than_the_distance():
+    from zoo.trust import own_spread_fits_better as fits
 
     rng = np.random.default_rng(0)
     n = 500
-    distance = rng.uniform(0.5, 2, n)                  # rows far from training ...
-    errors = np.abs(distance * rng.normal(size=n))     # ... err more
-    informative = distance[:, None] * rng.uniform(0.9, 1.1, (n, 1))
-    noisy = np.abs(rng.normal(size=(n, 1)))           # e.g. the std of two members: unrelated to the error
-    assert ranks_better(errors[:, None], informative * 2, distance * rng.uniform(0.2, 5, n)).tolist() == [1.0]
-    assert ranks_better(errors[:, None], noisy, distance).tolist() == [0.0]
-    assert ranks_better(errors[:, None], None, distance).tolist() == [0.0]
+    sigma = rng.uniform(0.2, 2, n)                     # each row's true noise ...
+    errors = np.abs(sigma * rng.normal(size=n))        # ... sets its error
+    learnt = sigma[:, None] * rng.uniform(0.9, 1.1, (n, 1)) * 3   # a head that learnt it (any scale)
+    two_members = sigma[:, None] * np.abs(rng.normal(size=(n, 1)))  # the std of two draws: right on average only
+    distance = sigma * rng.uniform(0.5, 2, n)          # a distance that tracks the noise loosely
+    assert fits(errors[:, None], learnt, distance).tolist() == [1.0]
+    assert fits(errors[:, None], two_members, distance).tolist() == [0.0]
+    assert fits(errors[:, None], None, distance).tolist() == [0.0]
     both = np.stack([errors, np.where(np.arange(n) % 3, errors, np.nan)], 1)  # a target missing on some rows
-    assert ranks_better(both, np.concatenate([informative * 2, noisy], 1), distance * rng.uniform(0.2, 5, n)).tolist() == [1.0, 0.0]
+    assert fits(both, np.concatenate([learnt, two_members], 1), distance).tolist() == [1.0, 0.0]
     trust = Trust({"center": np.zeros(2), "scale": np.ones(2), "reference": np.zeros((1, 2)), "threshold": np.ones(1),
                    "floor": np.zeros(1), "own_spread": np.array([1.0, 0.0])}, "values", ["a", "b"])
     own = np.full((2, 2), 7.0)

@@ -7,9 +7,10 @@ this existed, by ``zoo calibrate``), into ``trust.safetensors`` beside the weigh
 - the domain: up to ``REFERENCE_ROWS`` training rows' fused embeddings, standardised. A row's distance is its mean
   Euclidean distance to the ``K`` nearest of them; its ``domain_score`` is that over the 95th percentile of the
   validation rows' distances, so ``in_domain`` (score at most 1) holds for 95% of rows like the validation set's.
-- regression: a raw spread per row and target (the model's own, ``model_spread``: the ensemble members' std, a
-  mean-variance head's predicted std, or both combined, where it ranks the validation rows' errors better than
-  the domain distance does; else that distance) and, for every validation row, its |error| over that spread.
+- regression: a raw spread per row and target (the model's own, ``model_spread``: a mean-variance head's
+  predicted std, or with an ensemble the std of the members' mixture; a plain head's ensemble, its members' std
+  where that fits the validation rows' errors better than the domain distance, ``own_spread_fits_better``; else
+  that distance) and, for every validation row, its |error| over that spread.
   Their root mean square scales the spread into a
   ``sigma`` in the target's units; their quantile gives split-conformal intervals at any coverage asked
   (normalised conformal regression: Papadopoulos et al. 2011, Lei et al. 2018), with the finite-sample
@@ -224,7 +225,10 @@ def fit_trust(model, features: list[dict], targets: np.ndarray, train_idx: np.nd
     y = targets[val_idx]
     if head.kind == "values":
         errors = np.abs(y - decoded)  # NaN where a row lacks the target
-        trust.t["own_spread"] = ranks_better(errors, spread, distance)
+        # a head's own variance when the entry asks for it (``uncertainty: mve``); an ensemble's spread, a by-product
+        # of training for accuracy, only where it earns its place
+        trust.t["own_spread"] = (np.ones(len(names), np.float32) if getattr(head, "mve", False)
+                                 else own_spread_fits_better(errors, spread, distance))
         raw = trust.spread(distance, spread)  # the floor is still zero here
         trust.t["floor"] = 0.05 * np.median(raw, 0) + 1e-12
         scores = errors / trust.spread(distance, spread)
@@ -238,19 +242,23 @@ def fit_trust(model, features: list[dict], targets: np.ndarray, train_idx: np.nd
     return trust
 
 
-def ranks_better(errors: np.ndarray, own: np.ndarray | None, distance: np.ndarray) -> np.ndarray:
-    """Per target, 1 where the model's own spread ranks the validation rows' |errors| [rows, targets] better
-    (Spearman rho) than their domain distance does, else 0. Two members' std, for one, is too noisy a spread to
-    be worth what it widens an interval by; a mean-variance head that learnt which rows are noisy is kept."""
-    from scipy.stats import spearmanr
-
+def own_spread_fits_better(errors: np.ndarray, own: np.ndarray | None, distance: np.ndarray) -> np.ndarray:
+    """Per target, 1 where the model's own spread, scaled to unit RMS of |error| / sigma on the validation rows
+    (as ``sigma_scale`` scales it), gives those rows' |errors| [rows, targets] a lower Gaussian negative
+    log-likelihood (a proper score: it rewards ranking the errors and narrow sigmas alike) than their domain
+    distance does, else 0. With sigma so scaled, that likelihood is the mean log sigma plus a constant. Two
+    members' std, for one, is too noisy a spread to be worth the width it adds."""
     if own is None:
         return np.zeros(errors.shape[1], np.float32)
+
+    def mean_log_sigma(errors: np.ndarray, spread: np.ndarray) -> float:
+        spread = np.maximum(spread, 0.05 * np.median(spread) + 1e-12)  # the floor the summary will set
+        return float(np.log(np.sqrt(np.mean((errors / spread) ** 2))) + np.mean(np.log(spread)))
+
     chosen = []
     for j in range(errors.shape[1]):
         known = ~np.isnan(errors[:, j])
-        rho_own, rho_distance = (spearmanr(errors[known, j], s[known]).statistic for s in (own[:, j], distance))
-        chosen.append(np.nan_to_num(rho_own, nan=-1.0) > np.nan_to_num(rho_distance, nan=-1.0))
+        chosen.append(mean_log_sigma(errors[known, j], own[known, j]) < mean_log_sigma(errors[known, j], distance[known]))
     return np.array(chosen, np.float32)
 
 
