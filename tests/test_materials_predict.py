@@ -8,7 +8,7 @@ from pymatgen.core import Lattice, Structure
 import zoo
 from zoo.artifacts import save
 from zoo.cli import main
-from zoo.model import ZooModel
+from zoo.model import build_model
 from tests.conftest import ROOT
 
 CRYSTALS = ROOT / "examples" / "crystals"
@@ -17,8 +17,9 @@ SMALL = {"fusion.dim": 16, "fusion.heads": 2, "fusion.latents": 2, "head.hidden"
 
 
 def _saved(task, overrides, tmp_path):
-    model = ZooModel(zoo.info(task, overrides=overrides))
-    model.head.fit(np.array([[0.0], [1.0]]))
+    model = build_model(zoo.info(task, overrides=overrides))  # materials-property: two members
+    for member in getattr(model, "members", [model]):
+        member.head.fit(np.array([[0.0], [1.0]]))
     return save(model, tmp_path / task, metrics={})
 
 
