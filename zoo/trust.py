@@ -10,9 +10,8 @@ this existed, by ``zoo calibrate``), into ``trust.safetensors`` beside the weigh
 - regression: a raw spread per row and target (the model's own, ``model_spread``: a mean-variance head's
   predicted std, or with an ensemble the std of the members' mixture; a plain head's ensemble, its members' std
   where that fits the validation rows' errors better than the domain distance, ``own_spread_fits_better``; else
-  that distance) and, for every validation row, its |error| over that spread.
-  Their root mean square scales the spread into a
-  ``sigma`` in the target's units; their quantile gives split-conformal intervals at any coverage asked
+  that distance) and, for every validation row, its |error| over that spread. Their root mean square scales the
+  spread into a ``sigma`` in the target's units; their quantile gives split-conformal intervals at any coverage asked
   (normalised conformal regression: Papadopoulos et al. 2011, Lei et al. 2018), with the finite-sample
   correction, so on exchangeable rows an interval at 0.9 holds at least 90% of true values.
 - classification: each validation row's 1 - p(true class), whose quantile gives conformal prediction sets.
@@ -229,8 +228,7 @@ def fit_trust(model, features: list[dict], targets: np.ndarray, train_idx: np.nd
         # of training for accuracy, only where it earns its place
         trust.t["own_spread"] = (np.ones(len(names), np.float32) if getattr(head, "mve", False)
                                  else own_spread_fits_better(errors, spread, distance))
-        raw = trust.spread(distance, spread)  # the floor is still zero here
-        trust.t["floor"] = 0.05 * np.median(raw, 0) + 1e-12
+        trust.t["floor"] = spread_floor(trust.spread(distance, spread))  # spread() before any floor is set
         scores = errors / trust.spread(distance, spread)
         trust.t["scores"] = scores
         trust.t["sigma_scale"] = np.sqrt(np.nanmean(scores ** 2, 0))
@@ -240,6 +238,12 @@ def fit_trust(model, features: list[dict], targets: np.ndarray, train_idx: np.nd
         trust.t["scores"] = (1 - decoded[known, truth[known].astype(int)])[:, None]
     trust.t = {k: np.asarray(v, np.float32) for k, v in trust.t.items()}  # as saved: a reload predicts the same
     return trust
+
+
+def spread_floor(raw: np.ndarray) -> np.ndarray:
+    """The least raw spread a summary lets a row have, per target: a small share of the validation median (so a
+    row the model is sure of cannot get a zero-width interval)."""
+    return 0.05 * np.median(raw, 0) + 1e-12
 
 
 def own_spread_fits_better(errors: np.ndarray, own: np.ndarray | None, distance: np.ndarray) -> np.ndarray:
@@ -252,7 +256,7 @@ def own_spread_fits_better(errors: np.ndarray, own: np.ndarray | None, distance:
         return np.zeros(errors.shape[1], np.float32)
 
     def mean_log_sigma(errors: np.ndarray, spread: np.ndarray) -> float:
-        spread = np.maximum(spread, 0.05 * np.median(spread) + 1e-12)  # the floor the summary will set
+        spread = np.maximum(spread, spread_floor(spread))  # as the summary will floor it
         return float(np.log(np.sqrt(np.mean((errors / spread) ** 2))) + np.mean(np.log(spread)))
 
     chosen = []
