@@ -6,8 +6,9 @@ featurization is a few RDKit calls per atom and the features stay compact in mem
 """
 from __future__ import annotations
 
-import math
+import gc
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import repeat
 
@@ -93,15 +94,15 @@ def parse_smiles(smiles) -> Chem.Mol:
     return mol
 
 
-# Reading a molecule costs one Python -> C++ call per atom or bond and property (~0.3 us each, ~1.2 us for a
-# getter that returns an enum), so the featurizer makes as few as the output allows: atoms and bonds are fetched
-# by index (RDKit's GetAtoms() sequence wrapper costs twice as much), each property is read by map() over all of
-# them into one list (one for all the molecules featurized together), and everything that follows from what was
-# already read is computed with numpy, once for all of them: degree from the bond pairs, ring membership of atoms
-# from that of bonds, atomic mass from the element unless an isotope is set. When the molecule was parsed here from
-# SMILES text, the text also rules out chirality ("@"), double-bond stereo ("/", "\\") and isotopes ("[" and a
-# digit), and a molecule without rings cannot hold an aromatic or ring atom or bond once sanitized, so those
-# getters run only where they can return something other than zero.
+# Reading a molecule costs one Python -> C++ call per atom or bond and property (~0.1 us each, ~0.4 us for a
+# getter that returns an enum, ~0.75 us to fetch an atom or bond by index), so the featurizer makes as few as the
+# output allows. Atoms and bonds are fetched by index (RDKit's GetAtoms() sequence wrapper costs twice as much);
+# the atoms and bonds of all the molecules featurized together go into one list each, and each property is read by
+# one map() over that list straight into a numpy array: no Python work per molecule and property. Everything that
+# follows from what was read is computed with numpy, once for all of them: degree from the bond pairs, ring
+# membership of atoms from that of bonds, atomic mass from the element unless an isotope is set. When a molecule
+# was parsed here from SMILES text, the text also rules out chirality ("@"), double-bond stereo ("/", "\\") and
+# isotopes ("[" and a digit), so those getters run only for the molecules whose text can set them.
 _ATOM, _BOND = Chem.Atom, Chem.Bond
 _MASS = np.array([Chem.GetPeriodicTable().GetAtomicWeight(z) for z in range(119)])
 _MASS_FEATURE = (_MASS / 100.0).astype(np.float32)
@@ -120,72 +121,92 @@ def _smiles_hints(text: str) -> dict:
     if _AFTER_SMILES.search(text):  # anything after the SMILES (CXSMILES extensions) may set anything
         return {}
     return {"chirality": "@" in text, "stereo": "/" in text or "\\" in text,
-            "isotopes": _ISOTOPE.search(text) is not None, "sanitized": True}
+            "isotopes": _ISOTOPE.search(text) is not None}
 
 
-def featurize_mol(mol: Chem.Mol, *, chirality: bool = True, stereo: bool = True, isotopes: bool = True,
-                  sanitized: bool = False) -> MolGraph:
+def featurize_mol(mol: Chem.Mol, *, chirality: bool = True, stereo: bool = True, isotopes: bool = True) -> MolGraph:
     """Atom and bond categories of ``mol``. The keywords let a caller that knows more skip getters: False for
     ``chirality``, ``stereo`` or ``isotopes`` says that no atom has a chiral tag, no bond stereo and no atom an
-    isotope label; ``sanitized`` says that ``mol`` passed ``Chem.SanitizeMol`` (so its ring information is set
-    and aromatic atoms and bonds lie in rings). The defaults read everything."""
-    return featurize_mols([(mol, dict(chirality=chirality, stereo=stereo, isotopes=isotopes, sanitized=sanitized))])[0]
+    isotope label. The defaults read everything."""
+    return featurize_mols([(mol, dict(chirality=chirality, stereo=stereo, isotopes=isotopes))])[0]
+
+
+def _read(getter, objects: list, dtype=np.int64) -> np.ndarray:
+    return np.fromiter(map(getter, objects), dtype=dtype, count=len(objects))
+
+
+@contextmanager
+def _collector_paused():
+    """Python's cyclic garbage collector off for a block that allocates many short-lived objects: RDKit's atom and
+    bond wrappers are tracked by the collector, so a few thousand of them set off collections that walk every
+    object of the process (~200,000 once torch is imported), which cost the featurizer more than RDKit's getters
+    (40 us a molecule became 60-100 at 64-256 molecules a call). The wrappers hold no cycles; the few a caught
+    parse error makes are collected once the block ends."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def featurize_mols(mols: list[tuple[Chem.Mol, dict]]) -> list[MolGraph]:
-    """``featurize_mol(mol, **hints)`` of each (mol, hints). RDKit is read molecule by molecule, but each property
-    into one list for all of them, and everything after runs once on the arrays of all: numpy's per-call cost,
-    paid per molecule, was as much as the RDKit getters of a drug-sized one. Each graph's arrays are views of
-    those shared arrays."""
-    atom_rows = [[] for _ in ATOM_FEATURES]  # each atom feature, for every atom of every molecule
-    bond_rows = [[] for _ in range(6)]       # begin, end, then BOND_FEATURES, for every bond
-    masses, n_atoms, n_bonds = [], [], []
-    z, degree, charge, chiral, hs, hybrid, aromatic, atom_ring = atom_rows
-    begin, end, kind, conjugated, bond_ring, bond_stereo = bond_rows
+    """``featurize_mol(mol, **hints)`` of each (mol, hints), read and computed for all of them at once (numpy's
+    per-call cost, paid per molecule, was as much as the RDKit getters of a drug-sized one). Each graph's arrays
+    are views of the shared arrays."""
+    with _collector_paused():
+        return _featurize_mols(mols)
+
+
+def _featurize_mols(mols: list[tuple[Chem.Mol, dict]]) -> list[MolGraph]:
+    atoms, bonds, n_atoms, n_bonds = [], [], [], []
+    chiral, stereo, isotopes = [], [], []  # (first atom or bond, count) of the molecules that need a getter
     for mol, hints in mols:
         n, m = mol.GetNumAtoms(), mol.GetNumBonds()
-        sanitized = hints.get("sanitized", False)
-        atoms = list(map(mol.GetAtomWithIdx, range(n)))
-        bonds = list(map(mol.GetBondWithIdx, range(m)))
-        rings = not sanitized or mol.GetRingInfo().NumRings() > 0
-        begin += map(_BOND.GetBeginAtomIdx, bonds)
-        end += map(_BOND.GetEndAtomIdx, bonds)
-        kind += map(_BOND_TYPE.get, map(_BOND.GetBondTypeAsDouble, bonds), repeat(4, m))
-        conjugated += map(_BOND.GetIsConjugated, bonds)
-        bond_ring += map(_BOND.IsInRing, bonds) if rings else repeat(0, m)
-        bond_stereo += map(_BOND.GetStereo, bonds) if hints.get("stereo", True) else repeat(0, m)
-        z += map(_ATOM.GetAtomicNum, atoms)
-        charge += map(_ATOM.GetFormalCharge, atoms)
-        chiral += map(_ATOM.GetChiralTag, atoms) if hints.get("chirality", True) else repeat(0, n)
-        hs += map(_ATOM.GetTotalNumHs, atoms)
-        hybrid += map(_ATOM.GetHybridization, atoms)
-        aromatic += map(_ATOM.GetIsAromatic, atoms) if rings else repeat(0, n)
-        atom_ring += repeat(0, n) if sanitized else map(_ATOM.IsInRing, atoms)
-        masses += map(_ATOM.GetMass, atoms) if hints.get("isotopes", True) else repeat(math.nan, n)
+        if hints.get("chirality", True):
+            chiral.append((len(atoms), n))
+        if hints.get("isotopes", True):
+            isotopes.append((len(atoms), n))
+        if hints.get("stereo", True):
+            stereo.append((len(bonds), m))
+        atoms += map(mol.GetAtomWithIdx, range(n))
+        bonds += map(mol.GetBondWithIdx, range(m))
         n_atoms.append(n)
         n_bonds.append(m)
-    degree += repeat(0, len(z))  # counted from the bonds below
     n_atoms, n_bonds = np.array(n_atoms, dtype=np.int64), np.array(n_bonds, dtype=np.int64)
     atom_ends, bond_ends = np.cumsum(n_atoms), np.cumsum(n_bonds)
-    atoms = np.array(atom_rows, dtype=np.int64).reshape(len(ATOM_FEATURES), -1)
-    bonds = np.array(bond_rows, dtype=np.int64).reshape(6, -1)
-    pairs, bond_features = bonds[:2], bonds[2:]
+    features = np.zeros((len(ATOM_FEATURES), len(atoms)), dtype=np.int64)  # rows in ATOM_FEATURES' order
+    features[0] = _read(_ATOM.GetAtomicNum, atoms)
+    features[2] = _read(_ATOM.GetFormalCharge, atoms)
+    features[4] = _read(_ATOM.GetTotalNumHs, atoms)
+    features[5] = _read(_ATOM.GetHybridization, atoms)
+    features[6] = _read(_ATOM.GetIsAromatic, atoms)
+    mass = _MASS_FEATURE[features[0]]  # no isotope set: the standard atomic weight
+    for first, n in chiral:
+        features[3, first : first + n] = _read(_ATOM.GetChiralTag, atoms[first : first + n])
+    for first, n in isotopes:
+        mass[first : first + n] = _read(_ATOM.GetMass, atoms[first : first + n], np.float64) / 100.0
+    bond_features = np.zeros((len(BOND_FEATURES), len(bonds)), dtype=np.int64)
+    bond_features[0] = np.fromiter(map(_BOND_TYPE.get, map(_BOND.GetBondTypeAsDouble, bonds), repeat(4)),
+                                   dtype=np.int64, count=len(bonds))
+    bond_features[1] = _read(_BOND.GetIsConjugated, bonds)
+    bond_features[2] = _read(_BOND.IsInRing, bonds)
+    for first, m in stereo:
+        bond_features[3, first : first + m] = _read(_BOND.GetStereo, bonds[first : first + m])
+    pairs = np.stack([_read(_BOND.GetBeginAtomIdx, bonds), _read(_BOND.GetEndAtomIdx, bonds)])
     ends = pairs + np.repeat(atom_ends - n_atoms, n_bonds)  # the bonds' atoms among all molecules' atoms
-    atoms[1] = np.bincount(ends.ravel(), minlength=atoms.shape[1])  # explicit neighbours: GetDegree
-    # an atom is in a ring exactly when one of its bonds is (read from RDKit where a molecule is not sanitized)
-    atoms[7, ends[:, bond_features[2] != 0]] = 1
-    mass = np.array(masses, dtype=np.float64) / 100.0
-    unset = np.isnan(mass)  # no isotope can be set: the element's standard atomic weight
-    mass[unset] = _MASS_FEATURE[atoms[0, unset]]
-    np.minimum(atoms, _ATOM_HIGH, out=atoms)
-    np.maximum(atoms, _ATOM_LOW, out=atoms)
-    atoms += _ATOM_SHIFT
+    features[1] = np.bincount(ends.ravel(), minlength=len(atoms))  # explicit neighbours: GetDegree
+    features[7, ends[:, bond_features[2] != 0]] = 1  # an atom is in a ring exactly when one of its bonds is
+    np.minimum(features, _ATOM_HIGH, out=features)
+    np.maximum(features, _ATOM_LOW, out=features)
+    features += _ATOM_SHIFT
     np.minimum(bond_features, _BOND_HIGH, out=bond_features)  # none is negative
     bond_features += _BOND_SHIFT
-    atoms, mass = atoms.T.astype(np.int16, order="C"), mass.astype(np.float32)
+    features, mass = features.T.astype(np.int16, order="C"), mass.astype(np.float32)
     bond_features, pairs = bond_features.T.astype(np.int16, order="C"), pairs.T.astype(np.int32, order="C")
     spans = zip(atom_ends.tolist(), n_atoms.tolist(), bond_ends.tolist(), n_bonds.tolist())
-    return [MolGraph(atoms=atoms[a - n : a], mass=mass[a - n : a], bonds=bond_features[b - m : b],
+    return [MolGraph(atoms=features[a - n : a], mass=mass[a - n : a], bonds=bond_features[b - m : b],
                      pairs=pairs[b - m : b]) for a, n, b, m in spans]
 
 
@@ -222,19 +243,21 @@ class MoleculeDMPNN(nn.Module):
     def featurize_many(raws: list) -> list[MolGraph | InputError]:
         """``featurize`` of each cell, or its InputError in its place. Cells go in runs of 64, each parsed whole and
         then featurized whole (``featurize_mols``): RDKit's parser and the featurizer each stay warm in the CPU's
-        caches instead of evicting each other on every molecule, and numpy runs once per run, not per molecule."""
+        caches instead of evicting each other on every molecule, and numpy runs once per run, not per molecule.
+        The garbage collector waits for the end of each run (``_collector_paused``)."""
         out = []
         for start in range(0, len(raws), 64):
             run = raws[start : start + 64]
-            mols = []
-            for raw in run:
-                try:
-                    mols.append(parse_smiles(raw))
-                except InputError as err:
-                    mols.append(err)
-            parsed = [(m, _hints(raw)) for raw, m in zip(run, mols) if not isinstance(m, InputError)]
-            graphs = iter(featurize_mols(parsed))
-            out += [m if isinstance(m, InputError) else next(graphs) for m in mols]
+            with _collector_paused():
+                mols = []
+                for raw in run:
+                    try:
+                        mols.append(parse_smiles(raw))
+                    except InputError as err:
+                        mols.append(err)
+                parsed = [(m, _hints(raw)) for raw, m in zip(run, mols) if not isinstance(m, InputError)]
+                graphs = iter(featurize_mols(parsed))
+                out += [m if isinstance(m, InputError) else next(graphs) for m in mols]
         return out
 
     @staticmethod
