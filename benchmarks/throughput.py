@@ -134,8 +134,9 @@ def model_side_rate(smiles: list[str], device: str = "cpu") -> float:
     and collated beforehand, on all of this process's threads: what prediction would reach if featurization cost
     nothing."""
     import zoo
-    from zoo.model import RowChunks
+    from zoo.model import RowChunks, reuse_freed_memory
 
+    reuse_freed_memory()  # as the zoo command does
     model = zoo.load("molecule-solubility", device=device)
     prepared = list(model.prepared(RowChunks([{"smiles": s} for s in smiles])))
     start = time.perf_counter()
@@ -341,7 +342,9 @@ def crystal_section(n: int, rounds: int) -> dict:
 def train_rate(task: str, rows: list[dict], overrides: dict, bf16: bool = False, workers: int = 0) -> float:
     """Samples/s of one training epoch from the rows (featurizing them included), with ``workers`` processes."""
     import zoo
+    from zoo.model import reuse_freed_memory
 
+    reuse_freed_memory()  # as the zoo command does
     spec = zoo.info(task, overrides={**overrides, "train.epochs": 1, "train.bf16": bf16})
     start = time.perf_counter()
     _, metrics = zoo.Trainer(spec, progress=False, workers=workers).fit(rows)

@@ -3,13 +3,14 @@ output is the same as in one process, and the device and worker options read as 
 from __future__ import annotations
 
 import csv
+import platform
 
 import pytest
 import torch
 
 import zoo
 from zoo.cli import main
-from zoo.model import RowChunks, resolve_device, resolve_workers
+from zoo.model import RowChunks, resolve_device, resolve_workers, reuse_freed_memory
 from tests.conftest import TEXTBOOK
 
 BAD = ["C1CC", "", "CC(C)(C)(C)C", "not a molecule"]
@@ -83,3 +84,9 @@ def test_workers_auto_is_one_per_usable_core_and_bad_counts_are_refused(table, c
     for bad in ("-1", "many"):
         assert main(["predict", "molecule-solubility", "--input", str(table), "--workers", bad]) == 2
         assert bad in capsys.readouterr().err
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_the_allocator_setting_applies_under_glibc():
+    # mallopt answers 0 for a parameter or value it refuses, so a wrong constant fails here
+    assert reuse_freed_memory() is True

@@ -22,7 +22,7 @@ from zoo.distributed import process_group, rank_and_world
 from zoo.predict import check_output, predict_table
 from zoo.registry import load_registry, parse_overrides, validate_task
 from zoo.tables import read_dataset
-from zoo.model import resolve_device, resolve_workers
+from zoo.model import resolve_device, resolve_workers, reuse_freed_memory
 from zoo.train import CHECKPOINT, Trainer, calibrate, fixed_test_set, saved_task, train_lock
 from zoo.trust import DOMAIN_QUANTILE
 
@@ -278,6 +278,7 @@ def cmd_bench(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    reuse_freed_memory()  # this process is the command's alone
     try:
         return args.run(args)
     except ZooError as err:

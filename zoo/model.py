@@ -5,6 +5,7 @@ It also owns the row-level data path (``featurize`` -> ``collate``) so training 
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 from typing import Any, Iterator, NamedTuple, Protocol
@@ -100,6 +101,23 @@ def resolve_workers(workers: int | str) -> int:
     if count < 0:
         raise ZooError(f"workers {count}: expected 0 (featurize in this process) or more")
     return count
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def reuse_freed_memory() -> bool:
+    """Have glibc's malloc serve blocks up to 32 MB (a batch's activations on the CPU) from its heap and keep what
+    is freed for the next batch, instead of mapping fresh pages from the kernel for each tensor, zero-filled and
+    faulted in one by one, and handing them back at its free: the D-MPNN's forward ran 1.4x faster at batch 256.
+    The process keeps its peak heap (memory returns to the kernel only past 1 GB free at the top). For a process
+    that owns its memory use, as the ``zoo`` command does. True where it applied (glibc), else False."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError, TypeError):  # no glibc: macOS, Windows
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20) and mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
 def to_device(batch, device: torch.device):
