@@ -256,7 +256,7 @@ class MoleculeDMPNN(nn.Module):
                     except InputError as err:
                         mols.append(err)
                 parsed = [(m, _hints(raw)) for raw, m in zip(run, mols) if not isinstance(m, InputError)]
-                graphs = iter(featurize_mols(parsed))
+                graphs = iter(_featurize_mols(parsed))  # the collector is already paused
                 out += [m if isinstance(m, InputError) else next(graphs) for m in mols]
         return out
 

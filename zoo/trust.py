@@ -228,7 +228,7 @@ def fit_trust(model, features: list[dict], targets: np.ndarray, train_idx: np.nd
         # of training for accuracy, only where it earns its place
         trust.t["own_spread"] = (np.ones(len(names), np.float32) if getattr(head, "mve", False)
                                  else own_spread_fits_better(errors, spread, distance))
-        trust.t["floor"] = spread_floor(trust.spread(distance, spread))  # spread() before any floor is set
+        trust.t["floor"] = spread_floor(trust.spread(distance, spread))  # spread() while the floor is still 0
         scores = errors / trust.spread(distance, spread)
         trust.t["scores"] = scores
         trust.t["sigma_scale"] = np.sqrt(np.nanmean(scores ** 2, 0))
